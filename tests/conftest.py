@@ -1,0 +1,19 @@
+"""Shared fixtures: the real embedded model is loaded once per session (offline)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def lm():
+    """The embedded default model (SmolLM2-135M-Instruct), loaded through the cache."""
+    from s3_retriever.models import load_model
+
+    return load_model("smollm2-135m")
