@@ -46,13 +46,10 @@ def token_chunks(lm: LoadedModel, texts: Iterable[str], chunk_tokens: int,
 
 def collect_qk(lm: LoadedModel, texts: Sequence[str], layers: Sequence[int], *,
                chunk_tokens: int = 512, max_tokens: int | None = None,
-               skip_first: int = 1, show_progress: bool = True) -> QKVectors:
-    """Run ``texts`` through the model in chunks and keep every key and query vector.
-
-    Args:
-        skip_first: drop this many tokens at the start of each chunk: the first token is an
-            attention sink whose key is an outlier that no retrieval needs.
-    """
+               show_progress: bool = True) -> QKVectors:
+    """Run ``texts`` through the model in chunks (each after the model's sink prefix, as the
+    scan runs them) and keep every key and query vector of the text's tokens."""
+    skip_first = len(lm.sink_ids)
     chunks = token_chunks(lm, texts, chunk_tokens, max_tokens)
     out = QKVectors()
     ks: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
@@ -60,14 +57,12 @@ def collect_qk(lm: LoadedModel, texts: Sequence[str], layers: Sequence[int], *,
     with QKHooks(lm.model, layers, keys=True, queries=True) as hooks:
         for chunk in tqdm(chunks, desc="collecting keys/queries", disable=not show_progress,
                           unit="chunk"):
-            if len(chunk) <= skip_first:
-                continue
-            cap = hooks.run(input_ids=torch.tensor([chunk], device=lm.device))
+            cap = hooks.run(input_ids=lm.input_tensor(chunk))
             for i in layers:
                 ks[i].append(cap.keys[i][0, skip_first:].float().cpu().reshape(-1, lm.spec.head_dim))
                 qs[i].append(cap.queries[i][0, skip_first:].float().cpu()
                              .reshape(-1, lm.spec.head_dim))
-            out.n_tokens += len(chunk) - skip_first
+            out.n_tokens += len(chunk)
     for i in layers:
         out.keys[i] = torch.cat(ks[i]) if ks[i] else torch.empty(0, lm.spec.head_dim)
         out.queries[i] = torch.cat(qs[i]) if qs[i] else torch.empty(0, lm.spec.head_dim)

@@ -81,6 +81,23 @@ class LoadedModel:
     model_id: str
     fingerprint: str
     spec: AttentionSpec
+    sink_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sink_ids is None:
+            self.sink_ids = sink_prefix(self.tokenizer)
+
+    def input_tensor(self, ids: Any) -> torch.Tensor:
+        """``[1, len(sink_ids) + n]`` ids on the model's device: the sink prefix, then ``ids``.
+
+        Every forward pass of the scan, the question and SAE training starts with the same
+        sink, so no content token has to act as the attention sink (whose key is an outlier
+        that would soak up attention mass). Callers drop the first ``len(sink_ids)``
+        captured positions.
+        """
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        prefix = torch.tensor(self.sink_ids, dtype=torch.long)
+        return torch.cat([prefix, ids]).unsqueeze(0).to(self.device)
 
     @property
     def device(self) -> torch.device:
@@ -101,6 +118,25 @@ class LoadedModel:
         s = self.spec
         b = dtype_bytes or torch.finfo(self.dtype).bits // 8
         return s.n_layers * s.n_kv_heads * s.head_dim * 2 * b
+
+
+def sink_prefix(tokenizer: Any) -> tuple[int, ...]:
+    """The token(s) a document starts with in pretraining: the BOS the tokenizer adds, else
+    ``<|endoftext|>`` (SmolLM2, Qwen), else the BOS or EOS token; empty if none exists."""
+    try:
+        auto = tokenizer("a", add_special_tokens=True)["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    except Exception:  # a tokenizer that cannot encode plain text is caught later
+        auto, plain = [], []
+    if len(auto) > len(plain) and auto[0] == tokenizer.bos_token_id:
+        return (int(auto[0]),)
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if "<|endoftext|>" in vocab:
+        return (int(vocab["<|endoftext|>"]),)
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return (int(tid),)
+    return ()
 
 
 def cache_root() -> Path:

@@ -1,0 +1,129 @@
+"""Find the retrieval heads: score every (layer, query head) by the evidence recall its exact
+attention achieves on a calibration split of questions with gold evidence.
+
+For each question, each document of its haystack is run through the model on its own
+(as the scan does) and its exact pre-RoPE keys are kept; the question is run on its own
+for its queries. A head scores each haystack token by the softmax attention mass the
+question's tokens put on it; a sentence takes the max of its smoothed token scores;
+sentences are taken best first until the token budget is spent; recall is the fraction of
+gold evidence spans inside the taken sentences.
+
+Example:
+    >>> import numpy as np
+    >>> budget_recall(np.array([0.9, 0.1, 0.5]), np.array([10, 10, 10]),
+    ...               np.array([False, False, True]), budget=20)
+    1.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from s3_retriever.evaluation.data import Benchmark
+from s3_retriever.hooks import QKHooks
+from s3_retriever.models import LoadedModel
+from s3_retriever.scan import tokenize_document
+from s3_retriever.spans import sentence_scores, smooth, split_sentences, token_sentence_map
+
+
+def budget_recall(scores: np.ndarray, lengths: np.ndarray, gold: np.ndarray,
+                  budget: int) -> float:
+    """Fraction of gold units inside the best-first units that fit ``budget`` tokens."""
+    if not gold.any():
+        return math.nan
+    order = np.argsort(-scores, kind="stable")
+    used, got = 0, 0
+    for i in order:
+        if used + lengths[i] > budget:
+            continue
+        used += lengths[i]
+        got += bool(gold[i])
+    return got / int(gold.sum())
+
+
+@dataclass
+class DocUnits:
+    """A document's exact keys per layer and its sentence units."""
+
+    keys: dict[int, torch.Tensor]  # layer -> [n, n_kv, d]
+    token_sentence: np.ndarray
+    sentences: list[tuple[int, int]]
+    lengths: np.ndarray
+
+
+def scan_exact(lm: LoadedModel, bench: Benchmark, layers: Sequence[int], doc_ids: Sequence[str],
+               show_progress: bool = True, prefix: Sequence[int] = ()) -> dict[str, DocUnits]:
+    """Exact keys (no SAE) of every document, each run on its own."""
+    out: dict[str, DocUnits] = {}
+    with QKHooks(lm.model, layers, keys=True) as hooks:
+        for did in tqdm(doc_ids, desc="exact keys", disable=not show_progress):
+            text = bench.documents[did].text
+            ids, offs = tokenize_document(lm.tokenizer, text)
+            x = np.concatenate([np.asarray(prefix, np.int64), ids[: lm.max_length]])
+            cap = hooks.run(input_ids=torch.from_numpy(x).unsqueeze(0).to(lm.device))
+            sents = split_sentences(text)
+            ts = token_sentence_map(offs[: lm.max_length], sents)
+            lengths = np.maximum(1, np.bincount(ts[ts >= 0], minlength=len(sents))[:len(sents)])
+            out[did] = DocUnits({i: cap.keys[i][0, len(prefix):].to(torch.bfloat16).cpu()
+                                 for i in layers},
+                                ts, sents, lengths)
+    return out
+
+
+def head_recalls(lm: LoadedModel, bench: Benchmark, layers: Sequence[int], *,
+                 budget: int = 512, smooth_window: int = 3, show_progress: bool = True,
+                 prefix: Sequence[int] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Recall@budget of every (layer, head): returns ([n_layers, n_heads] mean recall, and per
+    question the [n_layers, n_heads, n_units] sentence scores for further mixing)."""
+    layers = list(layers)
+    spec = lm.spec
+    needed = sorted({d for ex in bench.examples for d in ex.doc_ids})
+    prefix = lm.sink_ids if prefix is None else tuple(prefix)
+    docs = scan_exact(lm, bench, layers, needed, show_progress, prefix)
+    rec = np.zeros((len(layers), spec.n_heads))
+    count = 0
+    per_q: dict[str, np.ndarray] = {}
+    with QKHooks(lm.model, layers, keys=False, queries=True) as hooks:
+        for ex in tqdm(bench.examples, desc="head recall", disable=not show_progress):
+            ids, _ = tokenize_document(lm.tokenizer, ex.question)
+            x = np.concatenate([np.asarray(prefix, np.int64), ids])
+            cap = hooks.run(input_ids=torch.from_numpy(x).unsqueeze(0).to(lm.device))
+            units_gold, units_len, bounds = [], [], []
+            for did in ex.doc_ids:
+                du = docs[did]
+                golds = [(e.start_char, e.end_char) for e in ex.evidence if e.doc_id == did]
+                for s, e in du.sentences:
+                    units_gold.append(any(s <= gs and ge <= e for gs, ge in golds))
+                units_len.append(du.lengths)
+                bounds.append(len(du.sentences))
+            gold = np.asarray(units_gold, bool)
+            lengths = np.concatenate(units_len)
+            if not gold.any():
+                continue
+            scores = np.zeros((len(layers), spec.n_heads, len(gold)), np.float32)
+            for li, layer in enumerate(layers):
+                q = cap.queries[layer][0, len(prefix):].float()  # [T, H, d]
+                k = torch.cat([docs[d].keys[layer] for d in ex.doc_ids]).float()  # [N, kv, d]
+                kk = k[:, [spec.kv_group(h) for h in range(spec.n_heads)]]  # [N, H, d]
+                logits = torch.einsum("thd,nhd->htn", q, kk) / math.sqrt(spec.head_dim)
+                mass = torch.softmax(logits, dim=-1).sum(dim=1).numpy()  # [H, N]
+                for h in range(spec.n_heads):
+                    pos, parts = 0, []
+                    for did in ex.doc_ids:
+                        du = docs[did]
+                        n = len(du.token_sentence)
+                        sm = smooth(mass[h, pos:pos + n].astype(np.float64), smooth_window)
+                        su = sentence_scores(sm, du.token_sentence, len(du.sentences))
+                        parts.append(np.where(np.isfinite(su), su, 0.0))
+                        pos += n
+                    scores[li, h] = np.concatenate(parts)
+                    rec[li, h] += budget_recall(scores[li, h], lengths, gold, budget)
+            per_q[ex.qid] = scores
+            count += 1
+    return rec / max(count, 1), per_q

@@ -1,0 +1,171 @@
+"""``s3-retriever``: index, search, ask, train-sae.
+
+Example:
+    s3-retriever index book.txt --out book.s3
+    s3-retriever search book.s3 "Who wrote the letter?" --k 3
+    s3-retriever ask book.s3 "Who wrote the letter?" --budget 1024
+    s3-retriever train-sae --layers 17 18 --out my_saes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from s3_retriever.models import DEFAULT_MODEL
+
+
+def _read_texts(files: Sequence[str]) -> tuple[list[str], list[dict], list[str]]:
+    texts, metas, ids = [], [], []
+    for f in files:
+        p = Path(f)
+        if not p.is_file():
+            raise SystemExit(f"error: no such file: {f}")
+        text = p.read_text(encoding="utf-8", errors="replace")
+        if not text.strip():
+            print(f"warning: skipping empty file {f}", file=sys.stderr)
+            continue
+        texts.append(text)
+        metas.append({"source": str(p)})
+        ids.append(p.name if p.name not in ids else str(p))
+    return texts, metas, ids
+
+
+def _print_spans(spans, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([s.to_dict() for s in spans], indent=1, ensure_ascii=False))
+        return
+    for i, s in enumerate(spans, 1):
+        comp = []
+        if s.s3_score is not None:
+            comp.append(f"s3={s.s3_score:.3f}")
+        if s.bm25_score is not None:
+            comp.append(f"bm25={s.bm25_score:.2f}")
+        print(f"[{i}] score={s.score:.3f} ({', '.join(comp)}) {s.doc_id} "
+              f"chars {s.start_char}-{s.end_char}")
+        print("    " + " ".join(s.text.split()))
+
+
+def cmd_index(a: argparse.Namespace) -> int:
+    from s3_retriever.engine import S3Index
+
+    texts, metas, ids = _read_texts(a.files)
+    if not texts:
+        raise SystemExit("error: nothing to index (all files empty)")
+    settings = {}
+    if a.chunk_tokens:
+        settings["chunk_tokens"] = a.chunk_tokens
+    index = S3Index.from_model(a.model, saes=a.saes, device=a.device, dtype=a.dtype, **settings)
+    index.add_texts(texts, metas, ids, show_progress=not a.quiet)
+    index.save(a.out)
+    st = index.stats()
+    print(f"indexed {st['documents']} document(s), {st['tokens']} tokens -> {a.out}")
+    print(f"index: {st['index_bytes_per_token']:.1f} bytes/token; the model's KV cache: "
+          f"{st['kv_bytes_per_token']} bytes/token (bf16), "
+          f"{st['kv_bytes_per_token'] / st['index_bytes_per_token']:.0f}x larger")
+    return 0
+
+
+def cmd_search(a: argparse.Namespace) -> int:
+    from s3_retriever.engine import S3Index
+
+    index = S3Index.load(a.index, device=a.device, dtype=a.dtype)
+    spans = index.search(a.question, k=a.k, budget_tokens=a.budget, mode=a.mode)
+    _print_spans(spans, a.json)
+    return 0
+
+
+def cmd_ask(a: argparse.Namespace) -> int:
+    from s3_retriever.engine import S3Index
+
+    index = S3Index.load(a.index, device=a.device, dtype=a.dtype)
+    ans = index.answer(a.question, budget_tokens=a.budget or 1024, mode=a.mode,
+                       max_new_tokens=a.max_new_tokens)
+    if a.json:
+        print(json.dumps({"answer": ans.text, "prompt_tokens": ans.prompt_tokens,
+                          "spans": [s.to_dict() for s in ans.spans]}, indent=1,
+                         ensure_ascii=False))
+    else:
+        print(f"answer: {ans.text}")
+        print(f"(from {len(ans.spans)} span(s), {ans.prompt_tokens} prompt tokens)")
+    return 0
+
+
+def cmd_train_sae(a: argparse.Namespace) -> int:
+    from s3_retriever.training import train_model_saes
+
+    texts = None
+    if a.texts:
+        texts = [Path(f).read_text(encoding="utf-8", errors="replace") for f in a.texts]
+    report = train_model_saes(a.model, a.layers, a.out, num_latents=a.num_latents, k=a.k,
+                              texts=texts, max_tokens=a.max_tokens, steps=a.steps,
+                              device=a.device, show_progress=not a.quiet)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="s3-retriever", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def model_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+        q.add_argument("--dtype", default=None, help="bf16 or fp32 (default: by hardware)")
+
+    q = sub.add_parser("index", help="scan text files into an index folder")
+    q.add_argument("files", nargs="+")
+    q.add_argument("--out", required=True)
+    q.add_argument("--model", default=DEFAULT_MODEL)
+    q.add_argument("--saes", default=None, help="SAE folder (default: the shipped SAEs)")
+    q.add_argument("--chunk-tokens", type=int, default=None)
+    q.add_argument("--quiet", action="store_true")
+    model_args(q)
+    q.set_defaults(func=cmd_index)
+
+    for name, func, helptext in (("search", cmd_search, "print evidence spans"),
+                                 ("ask", cmd_ask, "answer from retrieved spans (KV-free)")):
+        q = sub.add_parser(name, help=helptext)
+        q.add_argument("index")
+        q.add_argument("question")
+        q.add_argument("--k", type=int, default=4 if name == "search" else None)
+        q.add_argument("--budget", type=int, default=None, help="token budget")
+        q.add_argument("--mode", choices=["hybrid", "s3", "bm25"], default=None)
+        q.add_argument("--json", action="store_true")
+        if name == "ask":
+            q.add_argument("--max-new-tokens", type=int, default=48)
+        model_args(q)
+        q.set_defaults(func=func)
+
+    q = sub.add_parser("train-sae", help="train Top-k SAEs on a model's keys and queries")
+    q.add_argument("--model", default=DEFAULT_MODEL)
+    q.add_argument("--layers", type=int, nargs="+", required=True)
+    q.add_argument("--num-latents", type=int, default=4096)
+    q.add_argument("--k", type=int, default=16)
+    q.add_argument("--texts", nargs="*", default=None,
+                   help="text files (default: the built-in generic corpus)")
+    q.add_argument("--max-tokens", type=int, default=300_000)
+    q.add_argument("--steps", type=int, default=None)
+    q.add_argument("--out", required=True)
+    q.add_argument("--quiet", action="store_true")
+    model_args(q)
+    q.set_defaults(func=cmd_train_sae)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``s3-retriever`` command."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,611 @@
+"""``S3Index``: scan documents once, keep sparse key codes, retrieve evidence spans, answer.
+
+Example:
+    >>> from s3_retriever import S3Index
+    >>> index = S3Index.from_model("smollm2-135m")  # doctest: +SKIP
+    >>> index.add_texts(["Marie Curie was born in Warsaw. She won two Nobel Prizes."],
+    ...                 ids=["curie"])  # doctest: +SKIP
+    ['curie']
+    >>> index.search("Where was Marie Curie born?", k=1)[0].text  # doctest: +SKIP
+    'Marie Curie was born in Warsaw.'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import threading
+import uuid
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from s3_retriever import lexical
+from s3_retriever.generate import Answer, answer_from_spans
+from s3_retriever.hooks import QKHooks
+from s3_retriever.index import DocRecord, InvertedIndex, Postings, Segment
+from s3_retriever.lexical import BM25Index
+from s3_retriever.models import DEFAULT_MODEL, LoadedModel, load_model
+from s3_retriever.sae import SAEError, TopKSAE, load_saes, save_saes
+from s3_retriever.scan import Scanner, hookpoint_layer, postings_name, tokenize_document
+from s3_retriever.scoring import SCORERS, HeadWeight, attention_scores, query_feature_weights
+from s3_retriever.spans import (
+    Span,
+    grow_spans,
+    pack_spans,
+    sentence_scores,
+    smooth,
+    spans_for_document,
+    split_sentences,
+    token_sentence_map,
+)
+from s3_retriever.storage import (
+    IndexFormatError,
+    atomic_folder,
+    read_manifest,
+    write_json,
+    write_manifest,
+)
+
+FORMAT_VERSION = 1
+MODES = ("hybrid", "s3", "bm25")
+FUSIONS = ("linear", "rrf")
+
+
+class EmptyIndexError(ValueError):
+    """A search or answer on an index that holds no documents."""
+
+
+@dataclass
+class S3Settings:
+    """Every setting that shapes an index and its retrieval (stored in the manifest).
+
+    Attributes:
+        chunk_tokens: tokens per forward pass of the scan (None: 512 on CPU, 2048 on GPU).
+        context_tokens: left context carried into each chunk (not indexed twice).
+        scorer: ``"attention"`` (softmax mass on keys reconstructed from codes) or
+            ``"coactivation"`` (IDF-weighted feature co-activation through the postings).
+        heads: query heads used for scoring as ``[hookpoint, head, weight]`` triples; None
+            reads the head file shipped with the SAEs, else every head of every hookpoint.
+        max_df_fraction: features firing on more than this fraction of tokens are pruned
+            from co-activation scoring.
+        smooth_window: moving-average width over token scores before sentences take the max.
+        span_tokens: spans grow around their best sentence up to this many tokens
+            (0: single sentences).
+        mode: default retrieval mode, ``"hybrid"``, ``"s3"`` or ``"bm25"``.
+        fusion: ``"linear"`` (min-max normalised mix) or ``"rrf"`` (reciprocal rank).
+        fusion_weight: the S3 share in the fusion, in [0, 1].
+        rrf_k: the RRF constant.
+    """
+
+    chunk_tokens: int | None = None
+    context_tokens: int = 64
+    scorer: str = "attention"
+    heads: list[list[Any]] | None = None
+    max_df_fraction: float = 0.01
+    smooth_window: int = 3
+    span_tokens: int = 0
+    mode: str = "hybrid"
+    fusion: str = "linear"
+    fusion_weight: float = 0.5
+    rrf_k: int = 60
+
+    def validate(self) -> S3Settings:
+        if self.scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if not 0.0 <= float(self.fusion_weight) <= 1.0:
+            raise ValueError(f"fusion_weight must be in [0, 1], got {self.fusion_weight}")
+        if self.chunk_tokens is not None and self.chunk_tokens <= 0:
+            raise ValueError(f"chunk_tokens must be > 0, got {self.chunk_tokens}")
+        if self.context_tokens < 0 or self.smooth_window < 1 or self.span_tokens < 0:
+            raise ValueError("context_tokens >= 0, smooth_window >= 1, span_tokens >= 0")
+        if not 0.0 < self.max_df_fraction <= 1.0:
+            raise ValueError(f"max_df_fraction must be in (0, 1], got {self.max_df_fraction}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> S3Settings:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**dict(d)).validate()
+
+
+def shipped_sae_dir(model_id: str) -> Path | None:
+    """The folder of the SAEs shipped in the package for ``model_id``, if any."""
+    folder = Path(str(resources.files("s3_retriever") / "saes" / model_id))
+    return folder if folder.is_dir() else None
+
+
+def _match(meta: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+    for key, cond in filters.items():
+        has = key in meta
+        val = meta.get(key)
+        if isinstance(cond, Mapping):
+            for op, arg in cond.items():
+                if op == "$eq":
+                    ok = has and val == arg
+                elif op == "$ne":
+                    ok = not has or val != arg
+                elif op == "$in":
+                    ok = has and val in list(arg)
+                elif op == "$nin":
+                    ok = not has or val not in list(arg)
+                else:
+                    raise ValueError(f"unknown filter operator {op!r} for {key!r}; "
+                                     "use $eq, $ne, $in or $nin")
+                if not ok:
+                    return False
+        elif isinstance(cond, (list, tuple, set, frozenset)):
+            if not has or val not in list(cond):
+                return False
+        elif not has or val != cond:
+            return False
+    return True
+
+
+class S3Index:
+    """A retriever over documents scanned once by a causal LM (see the module docstring).
+
+    Build it with :meth:`from_model` (or :meth:`load`), add text with :meth:`add_texts`,
+    then :meth:`search` for evidence spans or :meth:`answer` for KV-free generation.
+    Thread-safe: searches may run concurrently with each other and with additions.
+    """
+
+    def __init__(self, lm: LoadedModel, saes: Mapping[str, TopKSAE],
+                 settings: S3Settings | None = None, *, heads: list[list[Any]] | None = None):
+        if not saes:
+            raise SAEError("an S3Index needs at least one SAE")
+        self.lm = lm
+        self.saes = dict(saes)
+        self.settings = (settings or S3Settings()).validate()
+        if self.settings.chunk_tokens is None:
+            self.settings.chunk_tokens = 2048 if lm.device.type == "cuda" else 512
+        self.heads = self._resolve_heads(self.settings.heads or heads)
+        kv_heads: dict[str, list[int]] = {}
+        for hw in self.heads:
+            kv_heads.setdefault(hw.hookpoint, [])
+            if hw.kv not in kv_heads[hw.hookpoint]:
+                kv_heads[hw.hookpoint].append(hw.kv)
+        self._model_lock = threading.RLock()
+        self._lock = threading.RLock()
+        self.scanner = Scanner(lm, {hp: self.saes[hp] for hp in kv_heads}, kv_heads=kv_heads,
+                               chunk_tokens=self.settings.chunk_tokens,
+                               context_tokens=self.settings.context_tokens,
+                               lock=self._model_lock)
+        self.index = InvertedIndex(self.scanner.names,
+                                   {postings_name(hp, g): self.saes[hp].cfg.num_latents
+                                    for hp, gs in kv_heads.items() for g in gs})
+        self._reset_units()
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_model(cls, model: str | LoadedModel = DEFAULT_MODEL, *,
+                   saes: str | os.PathLike | Mapping[str, TopKSAE] | None = None,
+                   device: str | None = None, dtype: str | None = None,
+                   **settings: Any) -> S3Index:
+        """An empty index for ``model`` with its SAEs (the shipped ones by default).
+
+        Args:
+            model: a name/path for :func:`~s3_retriever.models.load_model` or a loaded model.
+            saes: a folder of SAEs (one subfolder per hookpoint) or a mapping; default: the
+                SAEs shipped for the model.
+            **settings: any :class:`S3Settings` field.
+        """
+        lm = model if isinstance(model, LoadedModel) else load_model(model, device, dtype)
+        heads = None
+        if saes is None:
+            folder = shipped_sae_dir(lm.model_id)
+            if folder is None:
+                raise SAEError(
+                    f"no SAEs are shipped for model {lm.model_id!r}; train them with "
+                    f"`s3-retriever train-sae --model {lm.model_id} --out DIR` and pass saes=DIR")
+            saes = folder
+        if not isinstance(saes, Mapping):
+            folder = Path(saes)
+            heads_file = folder / "heads.json"
+            if heads_file.is_file():
+                heads = json.loads(heads_file.read_text(encoding="utf-8"))["heads"]
+            saes = load_saes(folder, device="cpu")
+        return cls(lm, saes, S3Settings.from_dict(settings), heads=heads)
+
+    def _resolve_heads(self, heads: list[list[Any]] | None) -> list[HeadWeight]:
+        spec = self.lm.spec
+        for hp, sae in self.saes.items():
+            sae.check_compatible(spec.head_dim, hookpoint_layer(hp))
+        if heads is None:
+            heads = [[hp, h, 1.0] for hp in sorted(self.saes) for h in range(spec.n_heads)]
+        out = []
+        for entry in heads:
+            hp, h, *w = entry
+            if hp not in self.saes:
+                raise ValueError(f"head {entry} names hookpoint {hp!r}, which has no SAE "
+                                 f"(have {sorted(self.saes)})")
+            out.append(HeadWeight(hp, int(h), spec.kv_group(int(h)), float(w[0]) if w else 1.0))
+        if not out:
+            raise ValueError("no query heads selected")
+        return out
+
+    # ----------------------------------------------------------------- adding, deleting
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def add_texts(self, texts: Iterable[str], metadatas: Sequence[Mapping[str, Any]] | None = None,
+                  ids: Sequence[str] | None = None, *, show_progress: bool = True) -> list[str]:
+        """Scan and index ``texts``; returns their ids (new uuid4 hex ids when not given).
+
+        Everything is validated before the scan: a non-str or empty text, a duplicate id or
+        a metadata that is not JSON-serialisable raises and leaves the index unchanged.
+        """
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("add_texts takes a list of strings, not a single string")
+        texts = list(texts)
+        if not texts:
+            return []
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"text {i} is {type(t).__name__}, not str")
+            if not t.strip():
+                raise ValueError(f"text {i} is empty or whitespace only")
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise ValueError(f"{len(metadatas)} metadatas for {len(texts)} texts")
+        if ids is not None and len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
+        ids = [str(i) for i in ids] if ids is not None else [uuid.uuid4().hex for _ in texts]
+        metas = [dict(m) if m else {} for m in (metadatas or [None] * len(texts))]
+        for i, m in zip(ids, metas):
+            try:
+                json.dumps(m, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"metadata of document {i!r} is not JSON-serialisable: {e}") \
+                    from None
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        with self._lock:
+            dup += [i for i in ids if i in self.index]
+        if dup:
+            raise ValueError(f"duplicate document ids: {sorted(set(dup))}")
+
+        scanned = self.scanner.scan(texts, show_progress=show_progress)
+        offsets = np.cumsum([0] + [d.n_tokens for d in scanned])
+        token_doc = np.repeat(np.arange(len(texts), dtype=np.int32), np.diff(offsets))
+        token_char = (np.concatenate([d.token_char for d in scanned]) if offsets[-1]
+                      else np.zeros((0, 2), np.int32))
+        postings = {}
+        for name in self.scanner.names:
+            k = self.saes[name.rsplit(".", 1)[0]].cfg.k
+            cat_ids = np.concatenate([d.ids[name] for d in scanned]).reshape(-1, k)
+            cat_acts = np.concatenate([d.acts[name] for d in scanned]).reshape(-1, k)
+            postings[name] = Postings.from_codes(cat_ids, cat_acts,
+                                                 self.saes[name.rsplit(".", 1)[0]].cfg.num_latents)
+        segment = Segment(postings=postings, token_doc=token_doc, token_char=token_char)
+        docs = [DocRecord(doc_id=i, text=t, metadata=m, segment=-1,
+                          token_start=int(offsets[j]), token_end=int(offsets[j + 1]),
+                          sentences=split_sentences(t))
+                for j, (i, t, m) in enumerate(zip(ids, texts, metas))]
+        with self._lock:
+            self.index.add_segment(segment, docs)
+            self._add_units(len(self.index.docs) - len(docs))
+        return ids
+
+    def add_documents(self, documents: Iterable[Any], *, show_progress: bool = True) -> list[str]:
+        """Add documents given as objects with ``page_content``/``text``, ``metadata`` and an
+        optional ``id``/``id_``/``doc_id`` (LangChain and LlamaIndex documents work), or as
+        dicts with the same keys."""
+        texts, metas, ids = [], [], []
+        for d in documents:
+            get = d.get if isinstance(d, Mapping) else lambda k, _d=d: getattr(_d, k, None)
+            text = get("page_content")
+            if text is None:
+                text = get("text")
+            texts.append(text)
+            metas.append(dict(get("metadata") or {}))
+            ids.append(get("id") or get("id_") or get("doc_id"))
+        if any(i is None for i in ids):
+            ids = [i if i is not None else uuid.uuid4().hex for i in ids]
+        return self.add_texts(texts, metas, ids, show_progress=show_progress)
+
+    def delete(self, ids: Iterable[str]) -> None:
+        """Remove documents by id (tombstones; unknown ids raise KeyError, nothing deleted).
+
+        The BM25 statistics are rebuilt without the deleted documents (cost grows with the
+        number of sentences indexed), so no score depends on deleted text.
+        """
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        with self._lock:
+            self.index.delete(ids)
+            self._reset_units()
+            self._add_units(0)
+
+    def get_document(self, doc_id: str) -> DocRecord:
+        """The stored record (text, metadata) of a live document."""
+        with self._lock:
+            if doc_id not in self.index:
+                raise KeyError(f"no document {doc_id!r}")
+            return self.index.get(doc_id)
+
+    # ----------------------------------------------------------------- lexical units
+    def _reset_units(self) -> None:
+        self._bm25 = BM25Index()
+        self._unit_doc = np.zeros(0, np.int64)
+        self._unit_bounds = np.zeros((0, 2), np.int64)
+        self._unit_tokens = np.zeros(0, np.int64)
+        self._doc_units: list[tuple[int, int]] = []
+        self._doc_token_unit: list[np.ndarray] = []
+
+    def _add_units(self, first_row: int) -> None:
+        """Register the sentence units of doc rows ``first_row..`` for BM25 and span growth."""
+        docs = self.index.docs
+        texts, unit_doc, bounds, counts = [], [], [], []
+        base = len(self._unit_doc)
+        for row in range(first_row, len(docs)):
+            rec = docs[row]
+            if rec.deleted:
+                self._doc_units.append((base + len(unit_doc), base + len(unit_doc)))
+                self._doc_token_unit.append(np.zeros(0, np.int64))
+                continue
+            seg = self.index.segments[rec.segment]
+            tc = np.asarray(seg.token_char[rec.token_start:rec.token_end])
+            tsent = token_sentence_map(tc, rec.sentences)
+            n = len(rec.sentences)
+            cnt = np.bincount(tsent[tsent >= 0], minlength=n)[:n]
+            self._doc_units.append((base + len(unit_doc), base + len(unit_doc) + n))
+            self._doc_token_unit.append(tsent)
+            for j, (s, e) in enumerate(rec.sentences):
+                texts.append(rec.text[s:e])
+                unit_doc.append(row)
+                bounds.append((s, e))
+                counts.append(max(1, int(cnt[j])))
+        if texts:
+            self._bm25.add(texts)
+        self._unit_doc = np.concatenate([self._unit_doc, np.asarray(unit_doc, np.int64)])
+        self._unit_bounds = np.concatenate([self._unit_bounds,
+                                            np.asarray(bounds, np.int64).reshape(-1, 2)])
+        self._unit_tokens = np.concatenate([self._unit_tokens, np.asarray(counts, np.int64)])
+
+    # ----------------------------------------------------------------- search
+    def _question_queries(self, question: str) -> dict[str, torch.Tensor]:
+        ids, _ = tokenize_document(self.lm.tokenizer, question)
+        n_sink = len(self.lm.sink_ids)
+        if len(ids) + n_sink > self.lm.max_length:
+            raise ValueError(f"the query is {len(ids)} tokens, longer than the model's context "
+                             f"of {self.lm.max_length} tokens")
+        layers = {hw.hookpoint: hookpoint_layer(hw.hookpoint) for hw in self.heads}
+        with self._model_lock, QKHooks(self.lm.model, sorted(set(layers.values())),
+                                       keys=False, queries=True) as hooks:
+            cap = hooks.run(input_ids=self.lm.input_tensor(ids))
+        return {hp: cap.queries[layer][0, n_sink:].float().cpu() for hp, layer in layers.items()}
+
+    def _candidate_rows(self, filters: Mapping[str, Any] | None,
+                        doc_ids: Collection[str] | None = None) -> list[int]:
+        if filters is not None and not isinstance(filters, Mapping):
+            raise TypeError(f"filters must be a dict of metadata conditions, got "
+                            f"{type(filters).__name__}")
+        if doc_ids is not None:
+            if isinstance(doc_ids, str):
+                raise TypeError("doc_ids must be a collection of ids, not a single string")
+            rows = sorted(self.index.row_of(d) for d in set(doc_ids) if d in self.index)
+            docs = self.index.docs
+            return [r for r in rows if not filters or _match(docs[r].metadata, filters)]
+        return [row for row, rec in enumerate(self.index.docs)
+                if not rec.deleted and (not filters or _match(rec.metadata, filters))]
+
+    def _s3_token_scores(self, question: str, rows: list[int]) -> list[np.ndarray]:
+        """Per candidate doc row, the S3 score of each of its tokens."""
+        queries = self._question_queries(question)
+        docs = self.index.docs
+        spans = [(docs[r].segment, docs[r].token_start, docs[r].token_end) for r in rows]
+        lengths = [e - s for _, s, e in spans]
+        if self.settings.scorer == "attention":
+            codes = {}
+            for name in self.scanner.names:
+                k = self.saes[name.rsplit(".", 1)[0]].cfg.k
+                parts_i, parts_a = [], []
+                for seg, s, e in spans:
+                    fi, fa = self.index.segments[seg].postings[name].to_codes(k)
+                    parts_i.append(fi[s:e])
+                    parts_a.append(fa[s:e])
+                codes[name] = (np.concatenate(parts_i), np.concatenate(parts_a))
+            flat = attention_scores(queries, codes, self.saes, self.heads)
+        else:
+            names = self.scanner.names
+            idf = {n: self.index.idf(n) for n in names}
+            pruned = {n: self.index.pruned(n, self.settings.max_df_fraction) for n in names}
+            weights = query_feature_weights(queries, self.saes, self.heads, idf, pruned)
+            per_seg: dict[int, np.ndarray] = {}
+            for seg in sorted({s for s, _, _ in spans}):
+                segment = self.index.segments[seg]
+                tot = np.zeros(segment.n_tokens, np.float64)
+                for name, w in weights.items():
+                    feats = np.flatnonzero(w)
+                    pos, acts, which = segment.postings[name].gather(feats)
+                    tot += np.bincount(np.asarray(pos, np.int64),
+                                       weights=np.asarray(acts, np.float64) * w[feats][which],
+                                       minlength=segment.n_tokens)
+                per_seg[seg] = tot
+            flat = np.concatenate([per_seg[seg][s:e] for seg, s, e in spans])
+        out, pos = [], 0
+        for n in lengths:
+            out.append(np.asarray(flat[pos:pos + n], np.float64))
+            pos += n
+        return out
+
+    def search(self, query: str, k: int | None = 4, budget_tokens: int | None = None,
+               mode: str | None = None, filters: Mapping[str, Any] | None = None,
+               doc_ids: Collection[str] | None = None) -> list[Span]:
+        """Evidence spans for ``query``, best first.
+
+        Args:
+            query: the question.
+            k: how many spans (None with a budget: as many as fit).
+            budget_tokens: fill this many tokens instead of (or as well as) stopping at k.
+            mode: ``"hybrid"`` (S3 fused with BM25), ``"s3"`` or ``"bm25"``; default from
+                the settings.
+            filters: metadata conditions: ``{"key": value}`` (equality),
+                ``{"key": [v1, v2]}`` (in), or ``{"key": {"$in"|"$nin"|"$eq"|"$ne": ...}}``.
+                Non-matching documents are excluded before ranking.
+            doc_ids: restrict the search to these documents (unknown ids are ignored).
+
+        Returns:
+            :class:`~s3_retriever.spans.Span` objects whose ``text`` is exactly
+            ``document[start_char:end_char]``.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be str, got {type(query).__name__}")
+        if not query.strip():
+            raise ValueError("query is empty")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if budget_tokens is not None and (not isinstance(budget_tokens, int) or budget_tokens <= 0):
+            raise ValueError(f"budget_tokens must be a positive integer, got {budget_tokens!r}")
+        if k is None and budget_tokens is None:
+            raise ValueError("give k, budget_tokens or both")
+        mode = mode or self.settings.mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        with self._lock:
+            if len(self.index) == 0:
+                raise EmptyIndexError("the index is empty: add documents before searching")
+            rows = self._candidate_rows(filters, doc_ids)
+            if not rows:
+                return []
+            unit_ranges = [self._doc_units[r] for r in rows]
+            units = np.concatenate([np.arange(a, b) for a, b in unit_ranges])
+            s3_units = np.zeros(len(units))
+            bm_units = np.zeros(len(units))
+            if mode != "bm25":
+                token_scores = self._s3_token_scores(query, rows)
+                parts = []
+                for r, ts, (a, b) in zip(rows, token_scores, unit_ranges):
+                    sm = smooth(ts, self.settings.smooth_window) if len(ts) else ts
+                    su = sentence_scores(sm, self._doc_token_unit[r], b - a, reduce="max")
+                    parts.append(np.where(np.isfinite(su), su, 0.0))
+                s3_units = np.concatenate(parts)
+            if mode != "s3":
+                bm_units = np.asarray(self._bm25.scores(query), np.float64)[units]
+            if mode == "hybrid":
+                fused = lexical.fuse(s3_units, bm_units, method=self.settings.fusion,
+                                     weight=self.settings.fusion_weight, rrf_k=self.settings.rrf_k)
+            else:
+                fused = s3_units if mode == "s3" else bm_units
+            spans = self._grow(rows, unit_ranges, fused, s3_units, bm_units, mode)
+        return pack_spans(spans, k=k, budget_tokens=budget_tokens)
+
+    def _grow(self, rows, unit_ranges, fused, s3_units, bm_units, mode) -> list[Span]:
+        docs = self.index.docs
+        spans: list[Span] = []
+        pos = 0
+        for r, (a, b) in zip(rows, unit_ranges):
+            rec, n = docs[r], b - a
+            sl = slice(pos, pos + n)
+            grown = grow_spans(fused[sl], rec.sentences, self._unit_tokens[a:b],
+                               span_tokens=self.settings.span_tokens)
+            spans += spans_for_document(
+                rec.doc_id, rec.text, rec.sentences, self._doc_token_unit[r], grown,
+                s3_scores=None if mode == "bm25" else s3_units[sl],
+                bm25_scores=None if mode == "s3" else bm_units[sl], metadata=rec.metadata)
+            pos += n
+        return spans
+
+    def answer(self, question: str, budget_tokens: int = 2048, *, k: int | None = None,
+               mode: str | None = None, filters: Mapping[str, Any] | None = None,
+               doc_ids: Collection[str] | None = None, max_new_tokens: int = 48) -> Answer:
+        """Retrieve spans within ``budget_tokens`` and answer from them (KV-free generation).
+
+        The model sees only the spans (in document order) and the question, never the
+        indexed documents' KV cache; memory does not grow with the index.
+        """
+        spans = self.search(question, k=k, budget_tokens=budget_tokens, mode=mode,
+                            filters=filters, doc_ids=doc_ids)
+        order = {rec.doc_id: row for row, rec in enumerate(self.index.docs)}
+        return answer_from_spans(self.lm, question, spans, max_new_tokens=max_new_tokens,
+                                 doc_order=order, lock=self._model_lock)
+
+    # ----------------------------------------------------------------- persistence
+    def stats(self) -> dict[str, Any]:
+        """Sizes: documents, tokens, index bytes per token vs the model's KV-cache bytes."""
+        with self._lock:
+            n = self.index.n_tokens
+            nbytes = self.index.nbytes()
+            return {"documents": len(self.index), "tokens": int(n), "index_bytes": int(nbytes),
+                    "index_bytes_per_token": nbytes / n if n else math.nan,
+                    "kv_bytes_per_token": self.lm.kv_bytes_per_token(2)}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the index to ``path`` atomically (a folder; replaced if it exists)."""
+        path = Path(path)
+        with self._lock, atomic_folder(path) as tmp:
+            self.index.save(tmp)
+            save_saes(self.saes, tmp / "saes")
+            write_json(tmp / "heads.json", {"heads": [[h.hookpoint, h.head, h.weight]
+                                                      for h in self.heads]})
+            write_manifest(tmp, {
+                "format": "s3-retriever-index",
+                "format_version": FORMAT_VERSION,
+                "model": {"id": self.lm.model_id, "fingerprint": self.lm.fingerprint},
+                "saes": {hp: sae.content_hash() for hp, sae in sorted(self.saes.items())},
+                "settings": self.settings.to_dict(),
+                "documents": len(self.index),
+                "tokens": int(self.index.n_tokens),
+            })
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, model: str | LoadedModel | None = None,
+             device: str | None = None, dtype: str | None = None, mmap: bool = True) -> S3Index:
+        """Open a saved index (verified: format version, file hashes, model and SAE hashes).
+
+        Raises:
+            FileNotFoundError: no folder at ``path``.
+            IndexFormatError: corrupt, truncated or edited files, another format version, or
+                a model / SAE that differs from the one the index was built with.
+        """
+        path = Path(path)
+        manifest = read_manifest(path, verify=True, format_version=FORMAT_VERSION)
+        try:
+            mid, mfp = manifest["model"]["id"], manifest["model"]["fingerprint"]
+            settings = S3Settings.from_dict(manifest["settings"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise IndexFormatError(f"{path / 'manifest.json'}: bad model/settings entry ({e})") \
+                from None
+        lm = model if isinstance(model, LoadedModel) else load_model(model or mid, device, dtype)
+        if lm.fingerprint != mfp:
+            raise IndexFormatError(
+                f"{path}: the index was built with model {mid!r} ({mfp}) but the loaded model "
+                f"{lm.model_id!r} is {lm.fingerprint}; rebuild the index for this model")
+        try:
+            saes = load_saes(path / "saes", device="cpu")
+        except SAEError as e:
+            raise IndexFormatError(f"{path}: {e}") from None
+        for hp, h in manifest.get("saes", {}).items():
+            if hp not in saes or saes[hp].content_hash() != h:
+                raise IndexFormatError(f"{path}: SAE {hp} does not match the manifest hash")
+        heads = json.loads((path / "heads.json").read_text(encoding="utf-8"))["heads"]
+        out = cls(lm, saes, settings, heads=heads)
+        out.index = InvertedIndex.load(path, mmap=mmap)
+        if sorted(out.index.hookpoints) != sorted(out.scanner.names):
+            raise IndexFormatError(f"{path}: postings {sorted(out.index.hookpoints)} do not "
+                                   f"match the heads' kv heads {sorted(out.scanner.names)}")
+        out._add_units(0)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"S3Index(model={self.lm.model_id!r}, documents={len(self.index)}, "
+                f"tokens={self.index.n_tokens}, hookpoints={sorted(self.saes)})")
+
+
+__all__ = ["S3Index", "S3Settings", "EmptyIndexError", "Span", "Answer", "FORMAT_VERSION"]

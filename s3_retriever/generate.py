@@ -1,0 +1,109 @@
+"""KV-free generation: a fresh, short prompt of retrieved spans + the question.
+
+The document's KV cache never exists: the model only ever sees the spans (bounded by the
+retrieval budget) and the question, so the memory of answering does not depend on how much
+text is indexed.
+
+Example:
+    >>> from s3_retriever.spans import Span
+    >>> spans = [Span("d", 0, 5, "Paris", 1.0)]
+    >>> print(build_messages("Capital of France?", spans)[1]["content"])
+    Context:
+    [1] Paris
+    <BLANKLINE>
+    Question: Capital of France?
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from s3_retriever.models import LoadedModel
+from s3_retriever.spans import Span
+
+SYSTEM_PROMPT = ("Answer the question using only the context. Reply with a short answer "
+                 "(a few words), no explanation.")
+
+
+@dataclass
+class Answer:
+    """A generated answer and the evidence it was generated from."""
+
+    text: str
+    spans: list[Span] = field(default_factory=list)
+    prompt_tokens: int = 0
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def in_document_order(spans: Sequence[Span], doc_order: dict[str, int] | None = None
+                      ) -> list[Span]:
+    """Spans sorted by document (insertion order, else first appearance) then position."""
+    if doc_order is None:
+        doc_order = {}
+        for s in spans:
+            doc_order.setdefault(s.doc_id, len(doc_order))
+    return sorted(spans, key=lambda s: (doc_order.get(s.doc_id, len(doc_order)), s.start_char))
+
+
+def build_messages(question: str, spans: Sequence[Span],
+                   system: str = SYSTEM_PROMPT) -> list[dict[str, str]]:
+    """Chat messages: the system instruction, then numbered context spans and the question."""
+    context = "\n".join(f"[{i}] {' '.join(s.text.split())}" for i, s in enumerate(spans, 1))
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"}]
+
+
+def prompt_ids(lm: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the prompt: the chat template when the tokenizer has one."""
+    tok = lm.tokenizer
+    if getattr(tok, "chat_template", None):
+        enc = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(enc, dict) or hasattr(enc, "keys"):
+            enc = enc["input_ids"]
+        return list(enc)
+    text = "\n\n".join(m["content"] for m in messages) + "\n\nAnswer:"
+    return tok(text, add_special_tokens=True)["input_ids"]
+
+
+def generate(lm: LoadedModel, messages: list[dict[str, str]], *, max_new_tokens: int = 48,
+             lock: threading.Lock | threading.RLock | None = None) -> tuple[str, int]:
+    """Greedy generation from chat messages; returns (text, prompt token count)."""
+    ids = prompt_ids(lm, messages)
+    if len(ids) + max_new_tokens > lm.max_length:
+        raise ValueError(f"the prompt is {len(ids)} tokens; with {max_new_tokens} new tokens "
+                         f"it exceeds the model's context of {lm.max_length}: lower the budget")
+    x = torch.tensor([ids], device=lm.device)
+    tok = lm.tokenizer
+    eos = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
+           if isinstance(t, int) and t >= 0]
+    ctx = lock if lock is not None else _NullLock()
+    with ctx, torch.inference_mode():
+        out = lm.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
+                                do_sample=False, eos_token_id=eos or None,
+                                pad_token_id=tok.pad_token_id)
+    text = tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+    return text, len(ids)
+
+
+def answer_from_spans(lm: LoadedModel, question: str, spans: Sequence[Span], *,
+                      max_new_tokens: int = 48, doc_order: dict[str, int] | None = None,
+                      lock: threading.Lock | threading.RLock | None = None) -> Answer:
+    """Lay ``spans`` out in document order, prompt the model with them and the question."""
+    ordered = in_document_order(spans, doc_order)
+    text, n = generate(lm, build_messages(question, ordered), max_new_tokens=max_new_tokens,
+                       lock=lock)
+    return Answer(text=text, spans=list(ordered), prompt_tokens=n)
+
+
+class _NullLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

