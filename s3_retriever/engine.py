@@ -182,12 +182,11 @@ class S3Index:
             kv_heads.setdefault(hw.hookpoint, [])
             if hw.kv not in kv_heads[hw.hookpoint]:
                 kv_heads[hw.hookpoint].append(hw.kv)
-        self._model_lock = threading.RLock()
         self._lock = threading.RLock()
         self.scanner = Scanner(lm, {hp: self.saes[hp] for hp in kv_heads}, kv_heads=kv_heads,
                                chunk_tokens=self.settings.chunk_tokens,
                                context_tokens=self.settings.context_tokens,
-                               lock=self._model_lock)
+                               lock=self.lm.lock)
         self.index = InvertedIndex(self.scanner.names,
                                    {postings_name(hp, g): self.saes[hp].cfg.num_latents
                                     for hp, gs in kv_heads.items() for g in gs})
@@ -385,7 +384,7 @@ class S3Index:
             raise ValueError(f"the query is {len(ids)} tokens, longer than the model's context "
                              f"of {self.lm.max_length} tokens")
         layers = {hw.hookpoint: hookpoint_layer(hw.hookpoint) for hw in self.heads}
-        with self._model_lock, QKHooks(self.lm.model, sorted(set(layers.values())),
+        with self.lm.lock, QKHooks(self.lm.model, sorted(set(layers.values())),
                                        keys=False, queries=True) as hooks:
             cap = hooks.run(input_ids=self.lm.input_tensor(ids))
         return {hp: cap.queries[layer][0, n_sink:].float().cpu() for hp, layer in layers.items()}
@@ -533,7 +532,7 @@ class S3Index:
                             filters=filters, doc_ids=doc_ids)
         order = {rec.doc_id: row for row, rec in enumerate(self.index.docs)}
         return answer_from_spans(self.lm, question, spans, max_new_tokens=max_new_tokens,
-                                 doc_order=order, lock=self._model_lock)
+                                 doc_order=order, lock=self.lm.lock)
 
     # ----------------------------------------------------------------- persistence
     def stats(self) -> dict[str, Any]:

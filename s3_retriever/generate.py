@@ -73,7 +73,10 @@ def prompt_ids(lm: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
 
 def generate(lm: LoadedModel, messages: list[dict[str, str]], *, max_new_tokens: int = 48,
              lock: threading.Lock | threading.RLock | None = None) -> tuple[str, int]:
-    """Greedy generation from chat messages; returns (text, prompt token count)."""
+    """Greedy generation from chat messages; returns (text, prompt token count).
+
+    Holds ``lock`` (default: the model's own lock) so it never overlaps a scan or search.
+    """
     ids = prompt_ids(lm, messages)
     if len(ids) + max_new_tokens > lm.max_length:
         raise ValueError(f"the prompt is {len(ids)} tokens; with {max_new_tokens} new tokens "
@@ -82,8 +85,7 @@ def generate(lm: LoadedModel, messages: list[dict[str, str]], *, max_new_tokens:
     tok = lm.tokenizer
     eos = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
            if isinstance(t, int) and t >= 0]
-    ctx = lock if lock is not None else _NullLock()
-    with ctx, torch.inference_mode():
+    with lock if lock is not None else lm.lock, torch.inference_mode():
         out = lm.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                                 do_sample=False, eos_token_id=eos or None,
                                 pad_token_id=tok.pad_token_id)
@@ -99,11 +101,3 @@ def answer_from_spans(lm: LoadedModel, question: str, spans: Sequence[Span], *,
     text, n = generate(lm, build_messages(question, ordered), max_new_tokens=max_new_tokens,
                        lock=lock)
     return Answer(text=text, spans=list(ordered), prompt_tokens=n)
-
-
-class _NullLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -23,7 +23,8 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,9 @@ class LoadedModel:
         model_id: the name or path it was loaded from (``"smollm2-135m"`` for the default).
         fingerprint: a stable hash of the weights' source, stored in index manifests.
         spec: layer/head geometry (:class:`~s3_retriever.hooks.AttentionSpec`).
+        sink_ids: the prefix every forward pass starts with (see :meth:`input_tensor`).
+        lock: held around every forward pass and generation: capture hooks live on the
+            shared torch module, so two threads must never run it at once.
     """
 
     model: Any
@@ -82,6 +86,7 @@ class LoadedModel:
     fingerprint: str
     spec: AttentionSpec
     sink_ids: tuple[int, ...] | None = None
+    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.sink_ids is None:
