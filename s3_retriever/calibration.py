@@ -76,32 +76,69 @@ def scan_exact(lm: LoadedModel, bench: Benchmark, layers: Sequence[int], doc_ids
     return out
 
 
+@dataclass
+class Calibration:
+    """Per-head results on a calibration split.
+
+    Attributes:
+        layers: the layers scored, in row order of ``recall``.
+        recall: [n_layers, n_heads] mean recall at ``budget``.
+        scores: per question, [n_layers, n_heads, n_units] sentence scores.
+        gold / lengths: per question, which units are gold and their token counts.
+    """
+
+    layers: list[int]
+    budget: int
+    recall: np.ndarray
+    scores: dict[str, np.ndarray]
+    gold: dict[str, np.ndarray]
+    lengths: dict[str, np.ndarray]
+
+    def mix_recall(self, heads: Sequence[tuple[int, int]],
+                   weights: Sequence[float] | None = None) -> float:
+        """Mean recall when the given (layer, head) sentence scores are summed."""
+        w = np.ones(len(heads)) if weights is None else np.asarray(weights, float)
+        idx = [(self.layers.index(layer), h) for layer, h in heads]
+        vals = []
+        for q, sc in self.scores.items():
+            mixed = sum(wi * sc[li, h] for wi, (li, h) in zip(w, idx))
+            vals.append(budget_recall(mixed, self.lengths[q], self.gold[q], self.budget))
+        return float(np.nanmean(vals)) if vals else math.nan
+
+    def choose_heads(self, max_heads: int = 8) -> tuple[list[tuple[int, int]], list[float]]:
+        """The best ``n <= max_heads`` heads by individual recall, ``n`` chosen by the mixed
+        recall on this split; returns the heads and the mixed recall for each ``n``."""
+        order = np.dstack(np.unravel_index(np.argsort(-self.recall, axis=None),
+                                           self.recall.shape))[0]
+        ranked = [(self.layers[li], int(h)) for li, h in order[:max_heads]]
+        curve = [self.mix_recall(ranked[:n]) for n in range(1, len(ranked) + 1)]
+        best = int(np.nanargmax(curve)) + 1
+        return ranked[:best], curve
+
+
 def head_recalls(lm: LoadedModel, bench: Benchmark, layers: Sequence[int], *,
                  budget: int = 512, smooth_window: int = 3, show_progress: bool = True,
-                 prefix: Sequence[int] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Recall@budget of every (layer, head): returns ([n_layers, n_heads] mean recall, and per
-    question the [n_layers, n_heads, n_units] sentence scores for further mixing)."""
+                 prefix: Sequence[int] | None = None) -> Calibration:
+    """Recall@budget of every (layer, head) of ``layers`` with exact attention."""
     layers = list(layers)
     spec = lm.spec
     needed = sorted({d for ex in bench.examples for d in ex.doc_ids})
     prefix = lm.sink_ids if prefix is None else tuple(prefix)
     docs = scan_exact(lm, bench, layers, needed, show_progress, prefix)
     rec = np.zeros((len(layers), spec.n_heads))
-    count = 0
-    per_q: dict[str, np.ndarray] = {}
+    out = Calibration(layers, budget, rec, {}, {}, {})
     with QKHooks(lm.model, layers, keys=False, queries=True) as hooks:
         for ex in tqdm(bench.examples, desc="head recall", disable=not show_progress):
             ids, _ = tokenize_document(lm.tokenizer, ex.question)
             x = np.concatenate([np.asarray(prefix, np.int64), ids])
             cap = hooks.run(input_ids=torch.from_numpy(x).unsqueeze(0).to(lm.device))
-            units_gold, units_len, bounds = [], [], []
+            units_gold, units_len = [], []
             for did in ex.doc_ids:
                 du = docs[did]
                 golds = [(e.start_char, e.end_char) for e in ex.evidence if e.doc_id == did]
                 for s, e in du.sentences:
                     units_gold.append(any(s <= gs and ge <= e for gs, ge in golds))
                 units_len.append(du.lengths)
-                bounds.append(len(du.sentences))
             gold = np.asarray(units_gold, bool)
             lengths = np.concatenate(units_len)
             if not gold.any():
@@ -124,6 +161,6 @@ def head_recalls(lm: LoadedModel, bench: Benchmark, layers: Sequence[int], *,
                         pos += n
                     scores[li, h] = np.concatenate(parts)
                     rec[li, h] += budget_recall(scores[li, h], lengths, gold, budget)
-            per_q[ex.qid] = scores
-            count += 1
-    return rec / max(count, 1), per_q
+            out.scores[ex.qid], out.gold[ex.qid], out.lengths[ex.qid] = scores, gold, lengths
+    rec /= max(len(out.scores), 1)
+    return out

@@ -5,6 +5,7 @@ Example:
     s3-retriever search book.s3 "Who wrote the letter?" --k 3
     s3-retriever ask book.s3 "Who wrote the letter?" --budget 1024
     s3-retriever train-sae --layers 17 18 --out my_saes
+    s3-retriever calibrate --layers 8-23 --questions 0-99 --out heads.json
 """
 
 from __future__ import annotations
@@ -108,6 +109,49 @@ def cmd_train_sae(a: argparse.Namespace) -> int:
     return 0
 
 
+def _int_ranges(spec: str) -> list[int]:
+    out: list[int] = []
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return out
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from s3_retriever.calibration import head_recalls
+    from s3_retriever.evaluation.data import hotpotqa_benchmark
+    from s3_retriever.models import load_model
+    from s3_retriever.storage import write_json
+
+    lm = load_model(a.model, a.device, a.dtype)
+
+    def count(text: str) -> int:
+        return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    questions = _int_ranges(a.questions)
+    bench = hotpotqa_benchmark(questions, a.context_tokens, count, path=a.data, seed=a.seed)
+    cal = head_recalls(lm, bench, _int_ranges(a.layers), budget=a.budget,
+                       show_progress=not a.quiet)
+    heads, curve = cal.choose_heads(a.max_heads)
+    report = {
+        "heads": [[f"layers.{layer}", h, 1.0] for layer, h in heads],
+        "calibration": {
+            "model": lm.model_id, "questions": a.questions, "context_tokens": a.context_tokens,
+            "budget": a.budget, "seed": a.seed, "layers": cal.layers,
+            "recall": [[round(float(x), 4) for x in row] for row in cal.recall],
+            "mixed_recall_by_n_heads": [round(float(x), 4) for x in curve],
+            "command": "s3-retriever " + " ".join(sys.argv[1:]),
+        },
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(Path(a.out), report)
+    for layer, row in zip(cal.layers, cal.recall):
+        print(f"layer {layer:2d}: " + " ".join(f"{x:.3f}" for x in row))
+    print(f"chosen heads: {heads}; recall@{a.budget} by number of heads: "
+          + ", ".join(f"{x:.3f}" for x in curve))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="s3-retriever", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -153,6 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true")
     model_args(q)
     q.set_defaults(func=cmd_train_sae)
+
+    q = sub.add_parser("calibrate", help="rank (layer, head) pairs by exact-attention evidence "
+                                        "recall on HotpotQA calibration questions")
+    q.add_argument("--model", default=DEFAULT_MODEL)
+    q.add_argument("--layers", default="8-23", help="e.g. 8-23 or 17,18")
+    q.add_argument("--questions", default="0-99", help="HotpotQA question indices (file order)")
+    q.add_argument("--context-tokens", type=int, default=8192)
+    q.add_argument("--budget", type=int, default=512)
+    q.add_argument("--max-heads", type=int, default=8)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--data", default=None, help="folder with the QA data (default ../shared/data)")
+    q.add_argument("--out", required=True, help="heads.json to write")
+    q.add_argument("--quiet", action="store_true")
+    model_args(q)
+    q.set_defaults(func=cmd_calibrate)
     return p
 
 

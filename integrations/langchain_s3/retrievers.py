@@ -1,0 +1,337 @@
+"""``S3Retriever``: a LangChain retriever over an :class:`~s3_retriever.S3Index`.
+
+Each result is one evidence span (a contiguous slice of an indexed document) as a LangChain
+:class:`~langchain_core.documents.Document`: its ``id`` is the span id
+(``"<doc_id>:<start>-<end>"``), its ``page_content`` is exactly
+``source_text[start_index:end_index]``, and its metadata is the source document's metadata
+plus ``doc_id``, ``start_index``, ``end_index``, ``score``, ``s3_score`` and ``bm25_score``.
+
+Example:
+    >>> from langchain_s3 import S3Retriever
+    >>> retriever = S3Retriever.from_texts(
+    ...     ["Marie Curie was born in Warsaw. She won two Nobel Prizes."],
+    ...     metadatas=[{"source": "wiki"}], ids=["curie"], k=2)  # doctest: +SKIP
+    >>> docs = retriever.invoke("Where was Marie Curie born?", k=1)  # doctest: +SKIP
+    >>> docs[0].page_content, docs[0].metadata["doc_id"]  # doctest: +SKIP
+    ('Marie Curie was born in Warsaw.', 'curie')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables.config import run_in_executor
+from pydantic import ConfigDict, Field, InstanceOf, StrictInt, model_validator
+
+from s3_retriever import DEFAULT_MODEL, LoadedModel, S3Index, S3Settings, Span
+
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+
+_UNSET: Any = object()
+_CALL_KWARGS = ("k", "budget_tokens", "mode", "filter", "doc_ids")
+_FUSION_FIELDS = ("fusion", "fusion_weight", "rrf_k")
+_SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(S3Settings))
+# keys LangChain's own invoke() may leave in the keyword arguments it forwards
+_IGNORED_KWARGS = frozenset({"verbose"})
+
+
+def span_to_document(span: Span) -> Document:
+    """A LangChain ``Document`` for one evidence span.
+
+    Example:
+        >>> d = span_to_document(Span("curie", 0, 31, "Marie Curie was born in Warsaw.", 0.9,
+        ...                           metadata={"source": "wiki"}))
+        >>> d.id, d.metadata["start_index"], d.metadata["source"]
+        ('curie:0-31', 0, 'wiki')
+    """
+    metadata = dict(span.metadata)
+    metadata.update(doc_id=span.doc_id, start_index=span.start_char, end_index=span.end_char,
+                    score=float(span.score), s3_score=span.s3_score, bm25_score=span.bm25_score)
+    return Document(id=span.id, page_content=span.text, metadata=metadata)
+
+
+def format_documents(documents: Sequence[Document]) -> str:
+    """Number retrieved documents one per line, ready for a RAG prompt's context slot.
+
+    Whitespace inside each document is collapsed, as in the core's own answer prompt.
+
+    Example:
+        >>> print(format_documents([Document("Paris is\\nbig."), Document("Rome too.")]))
+        [1] Paris is big.
+        [2] Rome too.
+    """
+    return "\n".join(f"[{i}] {' '.join(d.page_content.split())}"
+                     for i, d in enumerate(documents, 1))
+
+
+class S3Retriever(BaseRetriever):
+    """LangChain retriever returning S3-Attention evidence spans as ``Document`` objects.
+
+    Every search setting can be given at construction (the retriever's default) and ``k``,
+    ``budget_tokens``, ``mode``, ``filter`` and ``doc_ids`` again per call:
+    ``retriever.invoke(q, k=3, filter={"topic": "music"})``; ``ainvoke`` takes the same
+    keywords and runs the search in a worker thread, so the event loop is never blocked.
+
+    Attributes:
+        index: the :class:`~s3_retriever.S3Index` searched (excluded from serialisation).
+        k: how many spans to return (None: as many as fit ``budget_tokens``).
+        budget_tokens: stop when the spans fill this many tokens (None: no budget).
+        mode: ``"hybrid"``, ``"s3"`` or ``"bm25"``; None uses the index's setting.
+        filter: metadata conditions: ``{"key": value}``, ``{"key": [v1, v2]}`` or
+            ``{"key": {"$eq"|"$ne"|"$in"|"$nin": ...}}``; documents that do not match are
+            excluded before ranking.
+        fusion, fusion_weight, rrf_k: hybrid fusion overrides (None: the index's settings).
+
+    Example:
+        >>> retriever = S3Retriever.from_texts(["The secret code word is Zanzibar."],
+        ...                                    k=1)  # doctest: +SKIP
+        >>> retriever.invoke("What is the code word?")[0].page_content  # doctest: +SKIP
+        'The secret code word is Zanzibar.'
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    index: InstanceOf[S3Index] = Field(exclude=True, repr=False)
+    k: PositiveInt | None = 4
+    budget_tokens: PositiveInt | None = None
+    mode: Literal["hybrid", "s3", "bm25"] | None = None
+    filter: dict[str, Any] | None = None
+    fusion: Literal["linear", "rrf"] | None = None
+    fusion_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    rrf_k: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> S3Retriever:
+        if self.k is None and self.budget_tokens is None:
+            raise ValueError("give k, budget_tokens or both")
+        return self
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_model(cls, model: str | LoadedModel = DEFAULT_MODEL,
+                   texts: Iterable[str] | None = None,
+                   documents: Iterable[Any] | None = None, *,
+                   metadatas: Sequence[Mapping[str, Any]] | None = None,
+                   ids: Sequence[str] | None = None, saes: Any = None,
+                   device: str | None = None, dtype: str | None = None,
+                   show_progress: bool = True, **kwargs: Any) -> S3Retriever:
+        """A retriever over a new index built with ``model``, optionally filled at once.
+
+        Args:
+            model: a model name/path for :func:`~s3_retriever.load_model` or a loaded model
+                (share one :class:`~s3_retriever.LoadedModel` between indexes to save memory).
+            texts: texts to index (with ``metadatas`` and ``ids``).
+            documents: LangChain documents to index (``page_content``, ``metadata``, ``id``).
+            saes: SAEs for the index (default: those shipped for the model).
+            **kwargs: retriever fields (``k``, ``budget_tokens``, ``filter``, ``tags``, ...)
+                and :class:`~s3_retriever.S3Settings` fields (``mode``, ``fusion``,
+                ``fusion_weight``, ``span_tokens``, ``chunk_tokens``, ...). Settings go to
+                the new index, so they are saved with it.
+
+        Example:
+            >>> r = S3Retriever.from_model("smollm2-135m", texts=["Bach lived in Leipzig."],
+            ...                            k=2, span_tokens=64)  # doctest: +SKIP
+        """
+        settings = {n: kwargs.pop(n) for n in list(kwargs) if n in _SETTINGS_FIELDS}
+        unknown = sorted(set(kwargs) - set(cls.model_fields) | ({"index"} & set(kwargs)))
+        if unknown:
+            raise TypeError(f"unknown arguments {unknown}: give retriever fields "
+                            f"{sorted(set(cls.model_fields) - {'index'})} or index settings "
+                            f"{sorted(_SETTINGS_FIELDS)}")
+        index = S3Index.from_model(model, saes=saes, device=device, dtype=dtype, **settings)
+        retriever = cls(index=index, **kwargs)
+        if texts is not None:
+            retriever.add_texts(texts, metadatas, ids, show_progress=show_progress)
+        elif metadatas is not None or ids is not None:
+            raise ValueError("metadatas and ids go with texts")
+        if documents is not None:
+            retriever.add_documents(documents, show_progress=show_progress)
+        return retriever
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str],
+                   metadatas: Sequence[Mapping[str, Any]] | None = None,
+                   ids: Sequence[str] | None = None, *,
+                   model: str | LoadedModel = DEFAULT_MODEL, **kwargs: Any) -> S3Retriever:
+        """A retriever over a new index of ``texts`` (see :meth:`from_model` for ``kwargs``).
+
+        Example:
+            >>> r = S3Retriever.from_texts(["Bach lived in Leipzig."], ids=["bach"],
+            ...                            metadatas=[{"topic": "music"}])  # doctest: +SKIP
+        """
+        return cls.from_model(model, texts=texts, metadatas=metadatas, ids=ids, **kwargs)
+
+    @classmethod
+    def from_documents(cls, documents: Iterable[Any], *,
+                       model: str | LoadedModel = DEFAULT_MODEL, **kwargs: Any) -> S3Retriever:
+        """A retriever over a new index of LangChain documents (ids kept when set).
+
+        Example:
+            >>> from langchain_core.documents import Document
+            >>> r = S3Retriever.from_documents(
+            ...     [Document("Bach lived in Leipzig.", id="bach")])  # doctest: +SKIP
+        """
+        return cls.from_model(model, documents=documents, **kwargs)
+
+    @classmethod
+    def from_index(cls, index: S3Index, **kwargs: Any) -> S3Retriever:
+        """A retriever over an existing index (shared, not copied).
+
+        Example:
+            >>> from s3_retriever import S3Index
+            >>> r = S3Retriever.from_index(S3Index.load("book.s3"), k=3)  # doctest: +SKIP
+        """
+        return cls(index=index, **kwargs)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, model: str | LoadedModel | None = None,
+             device: str | None = None, dtype: str | None = None,
+             **kwargs: Any) -> S3Retriever:
+        """Open an index saved with :meth:`save` (verified) and wrap it.
+
+        Args:
+            path: the index folder.
+            model: the model to use (default: the one named in the index); it must be the
+                model the index was built with.
+            **kwargs: retriever fields (``k``, ``mode``, ``filter``, ...).
+
+        Raises:
+            FileNotFoundError: no index folder at ``path``.
+            s3_retriever.IndexFormatError: a corrupt index or a different model.
+
+        Example:
+            >>> r = S3Retriever.load("book.s3", k=3)  # doctest: +SKIP
+        """
+        return cls(index=S3Index.load(path, model=model, device=device, dtype=dtype), **kwargs)
+
+    # ------------------------------------------------------------------ index upkeep
+    def add_texts(self, texts: Iterable[str],
+                  metadatas: Sequence[Mapping[str, Any]] | None = None,
+                  ids: Sequence[str] | None = None, *, show_progress: bool = True) -> list[str]:
+        """Scan and index ``texts``; returns their ids (see :meth:`S3Index.add_texts`).
+
+        Example:
+            >>> retriever.add_texts(["Bach lived in Leipzig."], ids=["bach"])  # doctest: +SKIP
+            ['bach']
+        """
+        return self.index.add_texts(texts, metadatas, ids, show_progress=show_progress)
+
+    def add_documents(self, documents: Iterable[Any], ids: Sequence[str] | None = None, *,
+                      show_progress: bool = True) -> list[str]:
+        """Index LangChain documents; ``ids`` (else each document's ``id``, else a new uuid)
+        name them for :meth:`delete` and in results' ``doc_id``.
+
+        Example:
+            >>> from langchain_core.documents import Document
+            >>> retriever.add_documents([Document("Bach lived in Leipzig.",
+            ...                                   metadata={"topic": "music"})],
+            ...                         ids=["bach"])  # doctest: +SKIP
+            ['bach']
+        """
+        documents = list(documents)
+        if ids is not None:
+            if len(ids) != len(documents):
+                raise ValueError(f"{len(ids)} ids for {len(documents)} documents")
+            documents = [{"page_content": _content(d), "metadata": _metadata(d), "id": i}
+                         for d, i in zip(documents, ids)]
+        return self.index.add_documents(documents, show_progress=show_progress)
+
+    def delete(self, ids: str | Iterable[str]) -> None:
+        """Remove documents by id; an unknown id raises ``KeyError`` and deletes nothing.
+
+        Example:
+            >>> retriever.delete(["bach"])  # doctest: +SKIP
+        """
+        self.index.delete(ids)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save the index to the folder ``path`` (atomic; replaced if it exists).
+
+        Only the index is saved (its settings included); retriever fields such as ``k`` or
+        ``filter`` are given again to :meth:`load`.
+
+        Example:
+            >>> retriever.save("notes.s3")  # doctest: +SKIP
+            PosixPath('notes.s3')
+        """
+        return self.index.save(path)
+
+    # ------------------------------------------------------------------ retrieval
+    def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(kwargs) - set(_CALL_KWARGS) - _IGNORED_KWARGS)
+        if unknown:
+            raise TypeError(f"unknown search arguments {unknown}; per call give "
+                            f"{', '.join(_CALL_KWARGS)}")
+        return {"k": kwargs.get("k", self.k),
+                "budget_tokens": kwargs.get("budget_tokens", self.budget_tokens),
+                "mode": kwargs.get("mode", self.mode),
+                "filters": kwargs.get("filter", self.filter),
+                "doc_ids": kwargs.get("doc_ids")}
+
+    def _search(self, query: str, options: dict[str, Any]) -> list[Document]:
+        index = self.index
+        overrides = {f: getattr(self, f) for f in _FUSION_FIELDS if getattr(self, f) is not None}
+        if not overrides:
+            spans = index.search(query, **options)
+        elif _search_takes(index, overrides):
+            spans = index.search(query, **options, **overrides)
+        else:
+            # The core reads fusion settings from ``index.settings``; swap in a copy with the
+            # overrides while holding the index's (re-entrant) lock, so no other search,
+            # save or update sees them.
+            with index._lock:
+                saved = index.settings
+                index.settings = dataclasses.replace(saved, **overrides).validate()
+                try:
+                    spans = index.search(query, **options)
+                finally:
+                    index.settings = saved
+        return [span_to_document(s) for s in spans]
+
+    def _get_relevant_documents(self, query: str, *,
+                                run_manager: CallbackManagerForRetrieverRun,
+                                **kwargs: Any) -> list[Document]:
+        """Spans for ``query``; keywords ``k``, ``budget_tokens``, ``mode``, ``filter`` and
+        ``doc_ids`` override the retriever's fields for this call."""
+        return self._search(query, self._call_options(kwargs))
+
+    async def _aget_relevant_documents(self, query: str, *,
+                                       run_manager: AsyncCallbackManagerForRetrieverRun,
+                                       **kwargs: Any) -> list[Document]:
+        """Async :meth:`_get_relevant_documents`: the search runs in a worker thread."""
+        options = self._call_options(kwargs)
+        return await run_in_executor(None, self._search, query, options)
+
+
+def _search_takes(index: S3Index, names: Collection[str]) -> bool:
+    """Whether ``index.search`` accepts every keyword in ``names`` (newer cores may)."""
+    try:
+        params = inspect.signature(index.search).parameters
+    except (TypeError, ValueError):
+        return False
+    return all(n in params for n in names)
+
+
+def _content(doc: Any) -> str:
+    get = doc.get if isinstance(doc, Mapping) else lambda k: getattr(doc, k, None)
+    text = get("page_content")
+    return get("text") if text is None else text
+
+
+def _metadata(doc: Any) -> dict[str, Any]:
+    meta = doc.get("metadata") if isinstance(doc, Mapping) else getattr(doc, "metadata", None)
+    return dict(meta or {})
+
+
+__all__ = ["S3Retriever", "format_documents", "span_to_document"]
