@@ -445,7 +445,8 @@ class S3Index:
 
     def search(self, query: str, k: int | None = 4, budget_tokens: int | None = None,
                mode: str | None = None, filters: Mapping[str, Any] | None = None,
-               doc_ids: Collection[str] | None = None) -> list[Span]:
+               doc_ids: Collection[str] | None = None, *, fusion: str | None = None,
+               fusion_weight: float | None = None, rrf_k: int | None = None) -> list[Span]:
         """Evidence spans for ``query``, best first.
 
         Args:
@@ -458,6 +459,7 @@ class S3Index:
                 ``{"key": [v1, v2]}`` (in), or ``{"key": {"$in"|"$nin"|"$eq"|"$ne": ...}}``.
                 Non-matching documents are excluded before ranking.
             doc_ids: restrict the search to these documents (unknown ids are ignored).
+            fusion, fusion_weight, rrf_k: per-call overrides of the hybrid fusion settings.
 
         Returns:
             :class:`~s3_retriever.spans.Span` objects whose ``text`` is exactly
@@ -476,6 +478,13 @@ class S3Index:
         mode = mode or self.settings.mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        fusion = fusion or self.settings.fusion
+        fusion_weight = self.settings.fusion_weight if fusion_weight is None else fusion_weight
+        rrf_k = self.settings.rrf_k if rrf_k is None else rrf_k
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if not 0.0 <= float(fusion_weight) <= 1.0:
+            raise ValueError(f"fusion_weight must be in [0, 1], got {fusion_weight}")
         with self._lock:
             if len(self.index) == 0:
                 raise EmptyIndexError("the index is empty: add documents before searching")
@@ -497,8 +506,8 @@ class S3Index:
             if mode != "s3":
                 bm_units = np.asarray(self._bm25.scores(query), np.float64)[units]
             if mode == "hybrid":
-                fused = lexical.fuse(s3_units, bm_units, method=self.settings.fusion,
-                                     weight=self.settings.fusion_weight, rrf_k=self.settings.rrf_k)
+                fused = lexical.fuse(s3_units, bm_units, method=fusion, weight=fusion_weight,
+                                     rrf_k=rrf_k)
             else:
                 fused = s3_units if mode == "s3" else bm_units
             spans = self._grow(rows, unit_ranges, fused, s3_units, bm_units, mode)

@@ -19,9 +19,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -280,23 +279,8 @@ class S3Retriever(BaseRetriever):
                 "doc_ids": kwargs.get("doc_ids")}
 
     def _search(self, query: str, options: dict[str, Any]) -> list[Document]:
-        index = self.index
         overrides = {f: getattr(self, f) for f in _FUSION_FIELDS if getattr(self, f) is not None}
-        if not overrides:
-            spans = index.search(query, **options)
-        elif _search_takes(index, overrides):
-            spans = index.search(query, **options, **overrides)
-        else:
-            # The core reads fusion settings from ``index.settings``; swap in a copy with the
-            # overrides while holding the index's (re-entrant) lock, so no other search,
-            # save or update sees them.
-            with index._lock:
-                saved = index.settings
-                index.settings = dataclasses.replace(saved, **overrides).validate()
-                try:
-                    spans = index.search(query, **options)
-                finally:
-                    index.settings = saved
+        spans = self.index.search(query, **options, **overrides)
         return [span_to_document(s) for s in spans]
 
     def _get_relevant_documents(self, query: str, *,
@@ -312,15 +296,6 @@ class S3Retriever(BaseRetriever):
         """Async :meth:`_get_relevant_documents`: the search runs in a worker thread."""
         options = self._call_options(kwargs)
         return await run_in_executor(None, self._search, query, options)
-
-
-def _search_takes(index: S3Index, names: Collection[str]) -> bool:
-    """Whether ``index.search`` accepts every keyword in ``names`` (newer cores may)."""
-    try:
-        params = inspect.signature(index.search).parameters
-    except (TypeError, ValueError):
-        return False
-    return all(n in params for n in names)
 
 
 def _content(doc: Any) -> str:
