@@ -37,6 +37,10 @@ demo: setup
 test: setup-dev
 	$(PY) -m pytest -q
 
+EVAL_ARGS ?=
+eval: setup-dev
+	$(VENV)/bin/s3-retriever eval --threads 2 --index-cache runs/eval-index --details benchmarks/results/quality_details.jsonl.gz $(EVAL_ARGS)
+
 lint: setup-dev
 	$(VENV)/bin/ruff check .
 

@@ -33,12 +33,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="S3Settings override NAME=JSON, e.g. fusion_weight=0.3")
     ap.add_argument("--saes", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--index", default=None, help="reuse (or create) a saved index of the "
+                    "benchmark's documents; only search-time settings may then be overridden")
     a = ap.parse_args(argv)
     settings = {}
     for kv in a.setting:
         name, _, val = kv.partition("=")
         settings[name] = json.loads(val)
-    index = S3Index.from_model("smollm2-135m", saes=a.saes, **settings)
+    if a.index and Path(a.index).is_dir():
+        index = S3Index.load(a.index)
+        for name, val in settings.items():
+            setattr(index.settings, name, val)
+        index.settings.validate()
+    else:
+        index = S3Index.from_model("smollm2-135m", saes=a.saes, **settings)
 
     def count(text: str) -> int:
         return len(index.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -46,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = hotpotqa_benchmark(_int_ranges(a.questions), a.context, count)
     t = time.perf_counter()
     rows = run_engine(index, bench, modes=a.modes, budgets=a.budgets)
+    if a.index and not Path(a.index).is_dir():
+        index.save(a.index)
     elapsed = time.perf_counter() - t
     tab = table(rows)
     print(f"{len(bench.examples)} questions, {len(bench.documents)} documents, "

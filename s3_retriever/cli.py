@@ -104,7 +104,13 @@ def cmd_train_sae(a: argparse.Namespace) -> int:
         texts = [Path(f).read_text(encoding="utf-8", errors="replace") for f in a.texts]
     report = train_model_saes(a.model, a.layers, a.out, num_latents=a.num_latents, k=a.k,
                               texts=texts, max_tokens=a.max_tokens, steps=a.steps,
+                              epochs=a.epochs, auxk_alpha=a.auxk_alpha, lr=a.lr,
                               device=a.device, show_progress=not a.quiet)
+    if a.heads:
+        from s3_retriever.storage import write_json
+
+        heads = [[f"layers.{h.split(':')[0]}", int(h.split(":")[1]), 1.0] for h in a.heads]
+        write_json(Path(a.out) / "heads.json", {"heads": heads})
     print(json.dumps(report, indent=1))
     return 0
 
@@ -187,12 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("train-sae", help="train Top-k SAEs on a model's keys and queries")
     q.add_argument("--model", default=DEFAULT_MODEL)
     q.add_argument("--layers", type=int, nargs="+", required=True)
-    q.add_argument("--num-latents", type=int, default=4096)
+    q.add_argument("--num-latents", type=int, default=2048)
     q.add_argument("--k", type=int, default=16)
     q.add_argument("--texts", nargs="*", default=None,
                    help="text files (default: the built-in generic corpus)")
     q.add_argument("--max-tokens", type=int, default=300_000)
-    q.add_argument("--steps", type=int, default=None)
+    q.add_argument("--steps", type=int, default=None, help="default: --epochs over the data")
+    q.add_argument("--epochs", type=float, default=2.0)
+    q.add_argument("--auxk-alpha", type=float, default=0.125)
+    q.add_argument("--lr", type=float, default=None)
+    q.add_argument("--heads", nargs="*", default=None, metavar="LAYER:HEAD",
+                   help="query heads to score with, written to heads.json (e.g. 17:3 18:6)")
     q.add_argument("--out", required=True)
     q.add_argument("--quiet", action="store_true")
     model_args(q)
@@ -212,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true")
     model_args(q)
     q.set_defaults(func=cmd_calibrate)
+
+    from s3_retriever.evaluation.cli import add_eval_parser
+
+    add_eval_parser(sub)
     return p
 
 

@@ -26,9 +26,10 @@ GENERIC_CORPUS_NOTE = ("HotpotQA dev paragraphs of the questions reserved for SA
 
 
 def train_model_saes(model: str | LoadedModel, layers: Sequence[int], out: str | os.PathLike,
-                     *, num_latents: int = 4096, k: int = 16, texts: Sequence[str] | None = None,
+                     *, num_latents: int = 2048, k: int = 16, texts: Sequence[str] | None = None,
                      max_tokens: int = 300_000, held_out_tokens: int = 40_000,
-                     steps: int | None = None, batch_size: int = 4096, seed: int = 0,
+                     steps: int | None = None, epochs: float = 2.0, auxk_alpha: float = 0.125,
+                     lr: float | None = None, batch_size: int = 4096, seed: int = 0,
                      device: str | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Train and save one SAE per layer; returns FVU / dead / density per layer on held-out
     keys and queries (the last 10% of the texts, never seen in training)."""
@@ -49,7 +50,8 @@ def train_model_saes(model: str | LoadedModel, layers: Sequence[int], out: str |
         sae = train_sae(train.keys[layer], train.queries[layer], num_latents=num_latents, k=k,
                         hookpoint=hp, layer=layer, model_id=lm.model_id,
                         trained_on=f"{source}; {train.n_tokens} tokens", steps=steps,
-                        batch_size=batch_size, seed=seed, show_progress=show_progress)
+                        epochs=epochs, auxk_alpha=auxk_alpha, lr=lr, batch_size=batch_size,
+                        seed=seed, show_progress=show_progress)
         ev = {"keys": evaluate_sae(sae, held.keys[layer], kind="key"),
               "queries": evaluate_sae(sae, held.queries[layer], kind="query")}
         sae.cfg.train_stats["held_out"] = ev

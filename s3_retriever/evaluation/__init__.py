@@ -1,4 +1,8 @@
-"""Evaluation: benchmark haystacks with gold evidence, baselines and metrics.
+"""Evaluation: benchmark haystacks with gold evidence, baselines, metrics and the runner.
+
+The runner (:mod:`.run`: :func:`run_eval`, :func:`run_sweep`, :class:`EvalConfig`) and
+the report writer (:mod:`.report`: :func:`write_report`) are imported on first use, so
+importing this package does not import torch.
 
 Example:
     >>> from s3_retriever.evaluation import evidence_recall
@@ -41,9 +45,28 @@ from .metrics import (
     paired_difference,
     summarize,
 )
+from .splits import CALIBRATION, DEV, REPORTED, SPLITS
+
+_LAZY = {"EvalConfig": "run", "run_eval": "run", "run_sweep": "run",
+         "write_report": "report", "markdown_table": "report", "sweep_markdown": "report"}
+
+
+def __getattr__(name: str):
+    """Lazy exports of the runner and the report writer."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BM25Retriever",
+    "CALIBRATION",
+    "DEV",
+    "EvalConfig",
+    "REPORTED",
+    "SPLITS",
     "Benchmark",
     "DenseRetriever",
     "Document",
@@ -60,6 +83,7 @@ __all__ = [
     "first_hit_rank",
     "hotpotqa_benchmark",
     "load_squad",
+    "markdown_table",
     "make_passages",
     "mean_stderr",
     "minilm_model_dir",
@@ -68,8 +92,12 @@ __all__ = [
     "normalize_answer",
     "pack_hits",
     "paired_difference",
+    "run_eval",
+    "run_sweep",
     "simple_sentences",
     "squad_benchmark",
     "summarize",
+    "sweep_markdown",
     "tokenize",
+    "write_report",
 ]
