@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,24 @@ from s3_retriever.spans import Span
 
 SYSTEM_PROMPT = ("Answer the question using only the context. Reply with a short answer "
                  "(a few words), no explanation.")
+
+
+_PREFIXES = re.compile(r"^\s*(?:the\s+)?(?:final\s+|short\s+)?answer\s*(?:is)?\s*[:\-]?\s*",
+                       re.IGNORECASE)
+
+
+def clean_answer(text: str) -> str:
+    """The first line of a reply, without an "Answer:"/"The answer is" lead-in or a final
+    full stop (small models wrap short answers in such phrases).
+
+    Example:
+        >>> clean_answer("The answer is: Warsaw.")
+        'Warsaw'
+    """
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    out = _PREFIXES.sub("", first).strip()
+    return out[:-1].rstrip() if out.endswith(".") and not out.endswith("..") else out
 
 
 @dataclass
@@ -96,8 +115,9 @@ def generate(lm: LoadedModel, messages: list[dict[str, str]], *, max_new_tokens:
 def answer_from_spans(lm: LoadedModel, question: str, spans: Sequence[Span], *,
                       max_new_tokens: int = 48, doc_order: dict[str, int] | None = None,
                       lock: threading.Lock | threading.RLock | None = None) -> Answer:
-    """Lay ``spans`` out in document order, prompt the model with them and the question."""
+    """Lay ``spans`` out in document order, prompt the model with them and the question;
+    the reply is trimmed to a short answer (:func:`clean_answer`)."""
     ordered = in_document_order(spans, doc_order)
     text, n = generate(lm, build_messages(question, ordered), max_new_tokens=max_new_tokens,
                        lock=lock)
-    return Answer(text=text, spans=list(ordered), prompt_tokens=n)
+    return Answer(text=clean_answer(text), spans=list(ordered), prompt_tokens=n)
