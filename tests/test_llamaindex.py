@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import runpy
-import time
 from pathlib import Path
 
 import pytest
@@ -380,10 +379,8 @@ def test_query_fusion_retriever(s3index, llm):
 
 # --------------------------------------------------------------------------- example
 def test_quickstart_example_runs(lm, saes, capsys):
-    t0 = time.perf_counter()
     example = runpy.run_path(str(EXAMPLE), run_name="llamaindex_quickstart")
     answer = example["main"](model=lm, saes=saes)
     out = capsys.readouterr().out
     assert "Zanzibar" in answer and "Zanzibar" in out
     assert "secret:" in out  # the printed spans name their documents
-    assert time.perf_counter() - t0 < 120

@@ -32,6 +32,8 @@ def main(model: Any = "smollm2-135m", saes: Any = None) -> str:
         print(f"{hit.score:.3f}  {node.node_id}  {node.text!r}")
 
     # The same local model answers; pass llm= so LlamaIndex never reaches for a remote LLM.
+    # A 135M model answers best from one focused span, so the engine takes the top one.
+    retriever.similarity_top_k = 1
     llm = S3LocalLLM(retriever.index.lm, max_new_tokens=24)
     engine = RetrieverQueryEngine.from_args(retriever, llm=llm)
     answer = str(engine.query(QUESTION))
