@@ -91,10 +91,10 @@ class S3Settings:
     heads: list[list[Any]] | None = None
     max_df_fraction: float = 0.01
     smooth_window: int = 3
-    span_tokens: int = 0
+    span_tokens: int = 48
     mode: str = "hybrid"
     fusion: str = "linear"
-    fusion_weight: float = 0.5
+    fusion_weight: float = 0.4
     rrf_k: int = 60
 
     def validate(self) -> S3Settings:
