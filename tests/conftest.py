@@ -17,3 +17,10 @@ def lm():
     from s3_retriever.models import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def saes():
+    """The SAEs the adapter tests build indexes with: None selects the ones shipped for the
+    default model (the package must ship them; test_real_model checks they load)."""
+    return None

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
@@ -22,7 +21,7 @@ from langchain_tests.integration_tests import RetrieversIntegrationTests
 import s3_retriever.engine as engine
 from s3_retriever import EmptyIndexError, S3Index
 from s3_retriever.generate import SYSTEM_PROMPT
-from s3_retriever.sae import SAEConfig, TopKSAE, save_saes
+from s3_retriever.sae import save_saes
 from tests.helpers import TEXTS
 
 pytestmark = pytest.mark.model
@@ -36,18 +35,6 @@ CORPUS = {
     "secret": (SECRET, {"topic": "secret", "source": "note"}),
 }
 QUESTION = "Where was Marie Curie born?"
-
-
-@pytest.fixture(scope="session")
-def saes():
-    """None (use the SAEs shipped for the model) when they exist, else small random ones
-    (retrieval then leans on BM25, but every contract still holds)."""
-    if engine.shipped_sae_dir("smollm2-135m") is not None:
-        return None
-    g = torch.Generator().manual_seed(0)
-    return {f"layers.{i}": TopKSAE(SAEConfig(d_in=64, num_latents=256, k=8,
-                                             hookpoint=f"layers.{i}", layer=i), generator=g)
-            for i in (17, 18)}
 
 
 @pytest.fixture(scope="session")

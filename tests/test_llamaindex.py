@@ -13,7 +13,6 @@ import runpy
 from pathlib import Path
 
 import pytest
-import torch
 from llama_index.core import Document, Settings, SummaryIndex
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.query_engine import RetrieverQueryEngine
@@ -27,8 +26,6 @@ from llama_index.core.vector_stores.types import (
 )
 
 from s3_retriever import EmptyIndexError, S3Index
-from s3_retriever.engine import shipped_sae_dir
-from s3_retriever.sae import SAEConfig, TopKSAE
 
 pytestmark = pytest.mark.model
 
@@ -49,17 +46,6 @@ QUESTION = "What is the secret code word?"
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def saes():
-    """None (the shipped SAEs) when they exist, else random SAEs at layers 17 and 18."""
-    if shipped_sae_dir("smollm2-135m") is not None:
-        return None
-    g = torch.Generator().manual_seed(0)
-    return {f"layers.{i}": TopKSAE(SAEConfig(d_in=64, num_latents=256, k=8,
-                                             hookpoint=f"layers.{i}", layer=i), generator=g)
-            for i in (17, 18)}
-
-
 @pytest.fixture(scope="session")
 def s3index(lm, saes):
     """One index over DOCS, shared (read-only) by the tests."""
