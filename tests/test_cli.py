@@ -1,0 +1,80 @@
+"""The command line: index / search / ask / train-sae, and errors that name the problem."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from s3_retriever import S3Index, SAEError
+from s3_retriever.cli import main
+from s3_retriever.sae import load_saes
+from s3_retriever.training import train_model_saes
+from tests.helpers import TEXTS, tiny_lm, tiny_saes
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, lm):
+    folder = tmp_path_factory.mktemp("cli")
+    for i, t in enumerate(TEXTS):
+        (folder / f"doc{i}.txt").write_text(t, encoding="utf-8")
+    (folder / "empty.txt").write_text("  \n", encoding="utf-8")
+    out = folder / "index"
+    files = [str(folder / f"doc{i}.txt") for i in range(len(TEXTS))] + [str(folder / "empty.txt")]
+    assert main(["index", *files, "--out", str(out), "--quiet"]) == 0
+    return folder, out
+
+
+def test_index_then_search_json(index_dir, capsys):
+    folder, out = index_dir
+    capsys.readouterr()
+    assert main(["search", str(out), "Where was Marie Curie born?", "--k", "2", "--json"]) == 0
+    spans = json.loads(capsys.readouterr().out)
+    assert 1 <= len(spans) <= 2
+    for s in spans:
+        text = (folder / s["doc_id"]).read_text(encoding="utf-8")
+        assert text[s["start_char"]:s["end_char"]] == s["text"]
+    assert spans[0]["doc_id"] == "doc0.txt"
+
+
+def test_search_modes_and_budget(index_dir, capsys):
+    _, out = index_dir
+    assert main(["search", str(out), "Brandenburg Concertos", "--mode", "bm25",
+                 "--budget", "200", "--k", "3", "--json"]) == 0
+    spans = json.loads(capsys.readouterr().out)
+    assert spans[0]["doc_id"] == "doc2.txt" and spans[0]["s3_score"] is None
+
+
+def test_ask(index_dir, capsys):
+    _, out = index_dir
+    assert main(["ask", str(out), "In which city was Marie Curie born?", "--budget", "100",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["answer"] and res["spans"] and res["prompt_tokens"] > 0
+
+
+def test_errors_are_messages_not_tracebacks(index_dir, tmp_path, capsys):
+    _, out = index_dir
+    assert main(["search", str(out), "   "]) == 2
+    assert "query is empty" in capsys.readouterr().err
+    assert main(["search", str(out), "x", "--k", "0"]) == 2
+    assert "k must be" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "nope"), "x"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_train_model_saes_writes_loadable_saes(lm, tmp_path):
+    small = tiny_lm(lm.tokenizer)
+    report = train_model_saes(small, [1, 2], tmp_path / "saes", num_latents=32, k=4,
+                              texts=TEXTS * 4, steps=20, batch_size=64, show_progress=False)
+    assert set(report) == {"layers.1", "layers.2"}
+    for r in report.values():
+        assert 0.0 <= r["held_out"]["keys"]["fvu"] < 2.0
+        assert {"fvu", "dead_fraction", "mean_density"} <= set(r["held_out"]["queries"])
+    saes = load_saes(tmp_path / "saes")
+    assert saes["layers.1"].cfg.k == 4 and saes["layers.1"].cfg.d_in == small.spec.head_dim
+
+
+def test_wrong_sae_for_the_model(lm):
+    with pytest.raises(SAEError, match="d_in"):
+        S3Index(lm, tiny_saes(layers=(17,)))  # 16-dim SAEs on a 64-dim model
