@@ -78,7 +78,8 @@ class S3Settings:
             from co-activation scoring.
         smooth_window: moving-average width over token scores before sentences take the max.
         span_tokens: spans grow around their best sentence up to this many tokens
-            (0: single sentences).
+            (0: single sentences); ``"auto"``: a tenth of the search's token budget, kept
+            within 48-192 (48 when only ``k`` is given).
         mode: default retrieval mode, ``"hybrid"``, ``"s3"`` or ``"bm25"``.
         fusion: ``"linear"`` (min-max normalised mix) or ``"rrf"`` (reciprocal rank).
         fusion_weight: the S3 share in the fusion, in [0, 1].
@@ -91,7 +92,7 @@ class S3Settings:
     heads: list[list[Any]] | None = None
     max_df_fraction: float = 0.01
     smooth_window: int = 3
-    span_tokens: int = 48
+    span_tokens: int | str = "auto"
     mode: str = "hybrid"
     fusion: str = "linear"
     fusion_weight: float = 0.4
@@ -108,7 +109,12 @@ class S3Settings:
             raise ValueError(f"fusion_weight must be in [0, 1], got {self.fusion_weight}")
         if self.chunk_tokens is not None and self.chunk_tokens <= 0:
             raise ValueError(f"chunk_tokens must be > 0, got {self.chunk_tokens}")
-        if self.context_tokens < 0 or self.smooth_window < 1 or self.span_tokens < 0:
+        if self.span_tokens != "auto" and (isinstance(self.span_tokens, bool) or
+                                           not isinstance(self.span_tokens, int)):
+            raise ValueError(f"span_tokens must be an int >= 0 or 'auto', got "
+                             f"{self.span_tokens!r}")
+        if self.context_tokens < 0 or self.smooth_window < 1 or \
+                (self.span_tokens != "auto" and self.span_tokens < 0):
             raise ValueError("context_tokens >= 0, smooth_window >= 1, span_tokens >= 0")
         if not 0.0 < self.max_df_fraction <= 1.0:
             raise ValueError(f"max_df_fraction must be in (0, 1], got {self.max_df_fraction}")
@@ -510,10 +516,19 @@ class S3Index:
                                      rrf_k=rrf_k)
             else:
                 fused = s3_units if mode == "s3" else bm_units
-            spans = self._grow(rows, unit_ranges, fused, s3_units, bm_units, mode)
+            spans = self._grow(rows, unit_ranges, fused, s3_units, bm_units, mode,
+                               self.span_tokens_for(budget_tokens))
         return pack_spans(spans, k=k, budget_tokens=budget_tokens)
 
-    def _grow(self, rows, unit_ranges, fused, s3_units, bm_units, mode) -> list[Span]:
+    def span_tokens_for(self, budget_tokens: int | None) -> int:
+        """The span growth limit of a search: the setting, or with ``"auto"`` a tenth of
+        the budget within 48-192 tokens (bigger budgets afford more context per hit)."""
+        if self.settings.span_tokens != "auto":
+            return int(self.settings.span_tokens)
+        return 48 if budget_tokens is None else int(min(192, max(48, budget_tokens // 10)))
+
+    def _grow(self, rows, unit_ranges, fused, s3_units, bm_units, mode,
+              span_tokens: int) -> list[Span]:
         docs = self.index.docs
         spans: list[Span] = []
         pos = 0
@@ -521,7 +536,7 @@ class S3Index:
             rec, n = docs[r], b - a
             sl = slice(pos, pos + n)
             grown = grow_spans(fused[sl], rec.sentences, self._unit_tokens[a:b],
-                               span_tokens=self.settings.span_tokens)
+                               span_tokens=span_tokens)
             spans += spans_for_document(
                 rec.doc_id, rec.text, rec.sentences, self._doc_token_unit[r], grown,
                 s3_scores=None if mode == "bm25" else s3_units[sl],

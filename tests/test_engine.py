@@ -223,6 +223,15 @@ def test_coactivation_scorer_runs(tok):
     assert spans and all(s.s3_score is not None for s in spans)
 
 
+def test_auto_span_size_follows_the_budget(index):
+    assert index.settings.span_tokens == "auto"
+    assert [index.span_tokens_for(b) for b in (None, 100, 1024, 4096)] == [48, 48, 102, 192]
+    index.settings.span_tokens = 0
+    assert index.span_tokens_for(4096) == 0
+    single = index.search("Amazon river water", k=10, mode="bm25")
+    assert all(s.text.count(". ") == 0 for s in single)  # sentence spans only
+
+
 def test_settings_validation():
     with pytest.raises(ValueError, match="scorer"):
         S3Settings(scorer="magic").validate()
@@ -230,3 +239,5 @@ def test_settings_validation():
         S3Settings(fusion_weight=2).validate()
     with pytest.raises(ValueError, match="unknown settings"):
         S3Settings.from_dict({"colour": 1})
+    with pytest.raises(ValueError, match="span_tokens"):
+        S3Settings(span_tokens="big").validate()
