@@ -19,10 +19,11 @@ One run:
    generation from each retriever's spans and from the full haystack (where it fits the
    model's window), scored by EM / F1 with the official normalisation.
 
-Packing every budget from one ranking gives exactly what ``search(budget_tokens=B)``
-returns (:func:`pack_ranked` follows :func:`~s3_retriever.spans.pack_spans`) at a quarter
-of the cost; a row's latency is the ranking's time plus that budget's packing.
-``search_per_budget=True`` calls the engine once per budget instead.
+With a fixed span size, packing every budget from one ranking gives exactly what
+``search(budget_tokens=B)`` returns (:func:`pack_ranked` follows
+:func:`~s3_retriever.spans.pack_spans`) at a quarter of the cost; a row's latency is the
+ranking's time plus that budget's packing. ``search_per_budget=True``, or the default
+``span_tokens="auto"`` (span size follows the budget), calls the engine once per budget.
 
 Everything is seeded: the same config and seed give the same numbers (latencies aside).
 
@@ -435,7 +436,9 @@ class _Baselines:
 
 def _engine_rank(index: S3Index, mode: str, ex: Example, budgets: Sequence[int],
                  per_budget: bool) -> _Ranking:
-    if per_budget:
+    # With span_tokens="auto" the span size depends on the budget, so one ranking can't
+    # serve every budget: search once per budget then.
+    if per_budget or index.settings.span_tokens == "auto":
         r = _Ranking([], [], 0.0)
         for b in budgets:
             t = time.perf_counter()
