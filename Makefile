@@ -37,9 +37,11 @@ demo: setup
 test: setup-dev
 	$(PY) -m pytest -q
 
-EVAL_ARGS ?=
+# The recorded run of docs/benchmarks.md (section 5); override with EVAL_ARGS="...".
+EVAL_ARGS ?= --datasets hotpotqa squad needle --contexts 8000 32000 --n-questions 200 \
+	--budgets 512 1024 2048 4096 --search-per-budget --generate 0 --out benchmarks/results/quality.json --docs docs
 eval: setup-dev
-	$(VENV)/bin/s3-retriever eval --threads 2 --index-cache runs/eval-index --details benchmarks/results/quality_details.jsonl.gz $(EVAL_ARGS)
+	$(VENV)/bin/s3-retriever eval --threads 2 --index-cache runs/eval-index $(EVAL_ARGS)
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .
