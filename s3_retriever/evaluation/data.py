@@ -313,6 +313,16 @@ def _hotpot_pool_cached(path: str | None, seed: int) -> tuple[tuple[str, ...], d
     return tuple(order), docs
 
 
+def _padding_pool(key: str | None, seed: int, count_tokens: Callable[[str], int], target: float
+                  ) -> tuple[dict[str, Document], _TokenCache, list[str]]:
+    """The shared padding pool: every document, a token counter, and the seeded prefix of
+    paragraph ids holding ``target`` tokens."""
+    order, pool_docs = _hotpot_pool(key, seed)
+    all_docs: dict[str, Document] = dict(pool_docs)
+    tokens = _TokenCache(count_tokens, all_docs)
+    return all_docs, tokens, _pool_prefix(order, tokens, target)
+
+
 def _path_key(path: str | os.PathLike | None) -> str | None:
     return None if path is None else str(path)
 
@@ -368,10 +378,7 @@ def hotpotqa_benchmark(questions: slice | range | Sequence[int], context_tokens:
         raise ValueError(f"question indices {out_of_range[:5]} out of range 0..{len(data) - 1}")
 
     ids = _hotpot_ids(key)
-    order, pool_docs = _hotpot_pool(key, seed)
-    all_docs: dict[str, Document] = dict(pool_docs)
-    tokens = _TokenCache(count_tokens, all_docs)
-    pool = _pool_prefix(order, tokens, pool_factor * context_tokens)
+    all_docs, tokens, pool = _padding_pool(key, seed, count_tokens, pool_factor * context_tokens)
 
     documents: dict[str, Document] = {}
     examples: list[Example] = []
@@ -608,10 +615,7 @@ def needle_benchmark(n_questions: int, context_tokens: int, count_tokens: Callab
     if not depths or any(not 0.0 <= d <= 1.0 for d in depths):
         raise ValueError(f"depths must be non-empty fractions in [0, 1], got {depths}")
     key = _path_key(path)
-    order, pool_docs = _hotpot_pool(key, seed)
-    all_docs: dict[str, Document] = dict(pool_docs)
-    tokens = _TokenCache(count_tokens, all_docs)
-    pool = _pool_prefix(order, tokens, pool_factor * context_tokens)
+    all_docs, tokens, pool = _padding_pool(key, seed, count_tokens, pool_factor * context_tokens)
 
     documents: dict[str, Document] = {}
     examples: list[Example] = []
