@@ -29,7 +29,13 @@ from s3_retriever.evaluation.data import Benchmark
 from s3_retriever.hooks import QKHooks
 from s3_retriever.models import LoadedModel
 from s3_retriever.scan import tokenize_document
-from s3_retriever.spans import sentence_scores, smooth, split_sentences, token_sentence_map
+from s3_retriever.spans import (
+    sentence_scores,
+    sentence_token_counts,
+    smooth,
+    split_sentences,
+    token_sentence_map,
+)
 
 
 def budget_recall(scores: np.ndarray, lengths: np.ndarray, gold: np.ndarray,
@@ -69,7 +75,7 @@ def scan_exact(lm: LoadedModel, bench: Benchmark, layers: Sequence[int], doc_ids
             cap = hooks.run(input_ids=torch.from_numpy(x).unsqueeze(0).to(lm.device))
             sents = split_sentences(text)
             ts = token_sentence_map(offs[: lm.max_length], sents)
-            lengths = np.maximum(1, np.bincount(ts[ts >= 0], minlength=len(sents))[:len(sents)])
+            lengths = np.maximum(1, sentence_token_counts(ts, len(sents)))
             out[did] = DocUnits({i: cap.keys[i][0, len(prefix):].to(torch.bfloat16).cpu()
                                  for i in layers},
                                 ts, sents, lengths)

@@ -41,6 +41,7 @@ from s3_retriever.spans import (
     grow_spans,
     pack_spans,
     sentence_scores,
+    sentence_token_counts,
     smooth,
     spans_for_document,
     split_sentences,
@@ -367,7 +368,7 @@ class S3Index:
             tc = np.asarray(seg.token_char[rec.token_start:rec.token_end])
             tsent = token_sentence_map(tc, rec.sentences)
             n = len(rec.sentences)
-            cnt = np.bincount(tsent[tsent >= 0], minlength=n)[:n]
+            cnt = sentence_token_counts(tsent, n)
             self._doc_units.append((base + len(unit_doc), base + len(unit_doc) + n))
             self._doc_token_unit.append(tsent)
             for j, (s, e) in enumerate(rec.sentences):

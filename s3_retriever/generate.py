@@ -5,7 +5,7 @@ retrieval budget) and the question, so the memory of answering does not depend o
 text is indexed.
 
 Example:
-    >>> from s3_retriever.spans import Span
+    >>> from s3_retriever.spans import Span, order_for_prompt
     >>> spans = [Span("d", 0, 5, "Paris", 1.0)]
     >>> print(build_messages("Capital of France?", spans)[1]["content"])
     Context:
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from s3_retriever.models import LoadedModel
-from s3_retriever.spans import Span
+from s3_retriever.spans import Span, order_for_prompt
 
 SYSTEM_PROMPT = ("Answer the question using only the context. Reply with a short answer "
                  "(a few words), no explanation.")
@@ -58,16 +58,6 @@ class Answer:
 
     def __str__(self) -> str:
         return self.text
-
-
-def in_document_order(spans: Sequence[Span], doc_order: dict[str, int] | None = None
-                      ) -> list[Span]:
-    """Spans sorted by document (insertion order, else first appearance) then position."""
-    if doc_order is None:
-        doc_order = {}
-        for s in spans:
-            doc_order.setdefault(s.doc_id, len(doc_order))
-    return sorted(spans, key=lambda s: (doc_order.get(s.doc_id, len(doc_order)), s.start_char))
 
 
 def build_messages(question: str, spans: Sequence[Span],
@@ -117,7 +107,7 @@ def answer_from_spans(lm: LoadedModel, question: str, spans: Sequence[Span], *,
                       lock: threading.Lock | threading.RLock | None = None) -> Answer:
     """Lay ``spans`` out in document order, prompt the model with them and the question;
     the reply is trimmed to a short answer (:func:`clean_answer`)."""
-    ordered = in_document_order(spans, doc_order)
+    ordered = order_for_prompt(spans, doc_order)
     text, n = generate(lm, build_messages(question, ordered), max_new_tokens=max_new_tokens,
                        lock=lock)
     return Answer(text=clean_answer(text), spans=list(ordered), prompt_tokens=n)

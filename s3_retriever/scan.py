@@ -150,15 +150,3 @@ class Scanner:
             del keys
             bar.update(end - start)
         return ScannedDocument(offsets, codes_ids, codes_acts)
-
-    def encode_keys_exact(self, ids: np.ndarray) -> dict[int, torch.Tensor]:
-        """Exact keys [n, n_kv, d] of one token sequence (no SAE), chunked like the scan."""
-        out: dict[int, list[torch.Tensor]] = {layer: [] for layer in set(self.layers.values())}
-        with QKHooks(self.lm.model, sorted(out), keys=True) as hooks:
-            for start in range(0, len(ids), self.chunk_tokens):
-                end = min(len(ids), start + self.chunk_tokens)
-                left = max(0, start - self.context_tokens)
-                keys = self._forward(hooks, ids[left:end])
-                for layer in out:
-                    out[layer].append(keys[layer][0, start - left:].float().cpu())
-        return {layer: torch.cat(v) for layer, v in out.items()}

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,20 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def _plot_series(ax: Any, retrievers: Sequence[str], metric: str,
+                 points: Callable[[str], list[tuple[int, Mapping[str, Any] | None]]]) -> None:
+    """One line with error bars per retriever; ``points(name)`` gives (x, row) pairs and
+    rows that are missing or lack ``metric`` are skipped."""
+    for name in retrievers:
+        pts = [(x, r) for x, r in points(name) if r is not None and r.get(metric) is not None]
+        if not pts:
+            continue
+        color, style = _STYLE.get(name, (None, "-o"))
+        ax.errorbar([x for x, _ in pts], [r[metric] for _, r in pts],
+                    yerr=[r.get(f"{metric}_stderr") or 0.0 for _, r in pts],
+                    fmt=style, color=color, label=name, capsize=2, markersize=4)
+
+
 def plot_recall_vs_budget(results: Mapping[str, Any], path: str | os.PathLike,
                           metric: str = "evidence_recall") -> Path:
     """Recall vs budget: one panel per (dataset, length), one line per retriever."""
@@ -211,15 +225,8 @@ def plot_recall_vs_budget(results: Mapping[str, Any], path: str | os.PathLike,
     for i, d in enumerate(datasets):
         for j, c in enumerate(contexts):
             ax = axes[i][j]
-            for name in retrievers:
-                pts = [(b, idx[(d, c, name, b)]) for b in budgets if (d, c, name, b) in idx
-                       and idx[(d, c, name, b)].get(metric) is not None]
-                if not pts:
-                    continue
-                color, style = _STYLE.get(name, (None, "-o"))
-                ax.errorbar([b for b, _ in pts], [r[metric] for _, r in pts],
-                            yerr=[r.get(f"{metric}_stderr") or 0.0 for _, r in pts],
-                            fmt=style, color=color, label=name, capsize=2, markersize=4)
+            _plot_series(ax, retrievers, metric,
+                         lambda name, d=d, c=c: [(b, idx.get((d, c, name, b))) for b in budgets])
             ax.set_xscale("log", base=2)
             ax.set_xticks(budgets, [str(b) for b in budgets])
             ax.set_ylim(-0.02, 1.02)
@@ -252,15 +259,8 @@ def plot_recall_vs_length(results: Mapping[str, Any], path: str | os.PathLike,
     fig, axes = _figure(1, len(datasets), 3.8, 3.0)
     for j, d in enumerate(datasets):
         ax = axes[0][j]
-        for name in retrievers:
-            pts = [(c, idx[(d, c, name, b)]) for c in contexts if (d, c, name, b) in idx
-                   and idx[(d, c, name, b)].get(metric) is not None]
-            if not pts:
-                continue
-            color, style = _STYLE.get(name, (None, "-o"))
-            ax.errorbar([c for c, _ in pts], [r[metric] for _, r in pts],
-                        yerr=[r.get(f"{metric}_stderr") or 0.0 for _, r in pts],
-                        fmt=style, color=color, label=name, capsize=2, markersize=4)
+        _plot_series(ax, retrievers, metric,
+                     lambda name, d=d: [(c, idx.get((d, c, name, b))) for c in contexts])
         ax.set_xscale("log", base=2)
         ax.set_xticks(contexts, [_ctx(c) for c in contexts])
         ax.set_ylim(-0.02, 1.02)
