@@ -14,7 +14,7 @@ kv head ``g = spec.kv_group(h)``):
 Example:
     >>> import numpy as np, torch
     >>> logits = torch.tensor([[0.0], [2.0], [0.0]])
-    >>> softmax_mass(logits).round(3).tolist()
+    >>> [round(float(x), 3) for x in softmax_mass(logits)]
     [0.107, 0.787, 0.107]
 """
 
