@@ -17,18 +17,23 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from s3_retriever.activations import collect_qk
+from s3_retriever.corpus import generic_corpus
 from s3_retriever.evaluation.data import Benchmark
 from s3_retriever.hooks import QKHooks
 from s3_retriever.models import LoadedModel
-from s3_retriever.scan import tokenize_document
+from s3_retriever.scan import hookpoint_layer, tokenize_document
 from s3_retriever.spans import (
     sentence_scores,
     sentence_token_counts,
@@ -36,6 +41,7 @@ from s3_retriever.spans import (
     split_sentences,
     token_sentence_map,
 )
+from s3_retriever.storage import write_json
 
 
 def budget_recall(scores: np.ndarray, lengths: np.ndarray, gold: np.ndarray,
@@ -170,3 +176,36 @@ def head_recalls(lm: LoadedModel, bench: Benchmark, layers: Sequence[int], *,
             out.scores[ex.qid], out.gold[ex.qid], out.lengths[ex.qid] = scores, gold, lengths
     rec /= max(len(out.scores), 1)
     return out
+
+
+def mean_queries(lm: LoadedModel, heads: Sequence[tuple[str, int]],
+                 texts: Sequence[str] | None = None, *, max_tokens: int = 50_000,
+                 show_progress: bool = True) -> dict[tuple[str, int], list[float]]:
+    """The mean pre-RoPE query of each ``(hookpoint, head)`` over generic text (run in
+    chunks after the sink prefix, as the scan runs documents): the vector of the query-mean
+    term (see :mod:`s3_retriever.scoring`). ``texts`` default to the SAE training corpus."""
+    heads = [(hp, int(h)) for hp, h in heads]
+    layers = sorted({hookpoint_layer(hp) for hp, _ in heads})
+    qk = collect_qk(lm, list(texts) if texts is not None else generic_corpus(), layers,
+                    max_tokens=max_tokens, show_progress=show_progress)
+    spec = lm.spec
+    return {(hp, h): [round(float(x), 6) for x in qk.queries[hookpoint_layer(hp)]
+                      .reshape(-1, spec.n_heads, spec.head_dim)[:, h].mean(0)]
+            for hp, h in heads}
+
+
+def add_query_means(heads_file: str | os.PathLike, lm: LoadedModel,
+                    texts: Sequence[str] | None = None, *, max_tokens: int = 50_000,
+                    show_progress: bool = True) -> list[list]:
+    """Write each head's mean query into a head file (``[hookpoint, head, weight, mean]``
+    entries; other keys of the file are kept). Returns the new entries."""
+    path = Path(heads_file)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    entries = [list(e[:3]) + [1.0] * (3 - len(e[:3])) for e in data["heads"]]
+    means = mean_queries(lm, [(e[0], e[1]) for e in entries], texts, max_tokens=max_tokens,
+                         show_progress=show_progress)
+    data["heads"] = [e + [means[(e[0], int(e[1]))]] for e in entries]
+    data["query_means"] = {"tokens": max_tokens, "texts": "generic corpus" if texts is None
+                           else f"{len(texts)} user texts"}
+    write_json(path, data)
+    return data["heads"]

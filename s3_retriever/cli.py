@@ -97,21 +97,38 @@ def cmd_ask(a: argparse.Namespace) -> int:
 
 
 def cmd_train_sae(a: argparse.Namespace) -> int:
+    from s3_retriever.models import load_model
     from s3_retriever.training import train_model_saes
 
+    lm = load_model(a.model, a.device, a.dtype)
     texts = None
     if a.texts:
         texts = [Path(f).read_text(encoding="utf-8", errors="replace") for f in a.texts]
-    report = train_model_saes(a.model, a.layers, a.out, num_latents=a.num_latents, k=a.k,
+    report = train_model_saes(lm, a.layers, a.out, num_latents=a.num_latents, k=a.k,
                               texts=texts, max_tokens=a.max_tokens, steps=a.steps,
                               epochs=a.epochs, auxk_alpha=a.auxk_alpha, lr=a.lr,
                               device=a.device, show_progress=not a.quiet)
     if a.heads:
+        from s3_retriever.calibration import add_query_means
         from s3_retriever.storage import write_json
 
         heads = [[f"layers.{h.split(':')[0]}", int(h.split(":")[1]), 1.0] for h in a.heads]
         write_json(Path(a.out) / "heads.json", {"heads": heads})
+        if a.query_mean_tokens:
+            add_query_means(Path(a.out) / "heads.json", lm, texts,
+                            max_tokens=a.query_mean_tokens, show_progress=not a.quiet)
     print(json.dumps(report, indent=1))
+    return 0
+
+
+def cmd_query_means(a: argparse.Namespace) -> int:
+    from s3_retriever.calibration import add_query_means
+    from s3_retriever.models import load_model
+
+    lm = load_model(a.model, a.device, a.dtype)
+    heads = add_query_means(Path(a.saes) / "heads.json", lm, max_tokens=a.tokens,
+                            show_progress=not a.quiet)
+    print(f"mean queries of {len(heads)} heads written to {Path(a.saes) / 'heads.json'}")
     return 0
 
 
@@ -151,6 +168,10 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(Path(a.out), report)
+    if a.query_mean_tokens:
+        from s3_retriever.calibration import add_query_means
+
+        add_query_means(a.out, lm, max_tokens=a.query_mean_tokens, show_progress=not a.quiet)
     for layer, row in zip(cal.layers, cal.recall):
         print(f"layer {layer:2d}: " + " ".join(f"{x:.3f}" for x in row))
     print(f"chosen heads: {heads}; recall@{a.budget} by number of heads: "
@@ -204,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lr", type=float, default=None)
     q.add_argument("--heads", nargs="*", default=None, metavar="LAYER:HEAD",
                    help="query heads to score with, written to heads.json (e.g. 17:3 18:6)")
+    q.add_argument("--query-mean-tokens", type=int, default=50_000,
+                   help="tokens for each --heads head's mean query (0: none)")
     q.add_argument("--out", required=True)
     q.add_argument("--quiet", action="store_true")
     model_args(q)
@@ -220,9 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--data", default=None, help="folder with the QA data (default ../shared/data)")
     q.add_argument("--out", required=True, help="heads.json to write")
+    q.add_argument("--query-mean-tokens", type=int, default=50_000,
+                   help="generic-text tokens for each chosen head's mean query (0: none)")
     q.add_argument("--quiet", action="store_true")
     model_args(q)
     q.set_defaults(func=cmd_calibrate)
+
+    q = sub.add_parser("query-means", help="add each head's mean query (the query-mean term) "
+                                          "to the heads.json of an SAE folder")
+    q.add_argument("--saes", required=True, help="SAE folder holding heads.json")
+    q.add_argument("--tokens", type=int, default=50_000, help="generic-text tokens to average")
+    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--model", default=DEFAULT_MODEL)
+    model_args(q)
+    q.set_defaults(func=cmd_query_means)
 
     from s3_retriever.evaluation.cli import add_eval_parser
 

@@ -73,8 +73,14 @@ class S3Settings:
         context_tokens: left context carried into each chunk (not indexed twice).
         scorer: ``"attention"`` (softmax mass on keys reconstructed from codes) or
             ``"coactivation"`` (IDF-weighted feature co-activation through the postings).
-        heads: query heads used for scoring as ``[hookpoint, head, weight]`` triples; None
-            reads the head file shipped with the SAEs, else every head of every hookpoint.
+        heads: query heads used for scoring as ``[hookpoint, head, weight]`` triples, with
+            an optional 4th entry: the head's mean query (a list of ``head_dim`` floats);
+            None reads the head file shipped with the SAEs, else every head of every
+            hookpoint.
+        query_mean: when the heads carry mean queries, keep the exact ``mean_query . key``
+            of every token and head (2 bytes each) and score with it: the logit becomes
+            ``(q - mean) . k_hat + mean . k``, so the sparse codes only approximate the
+            question-specific part. Needs a re-scan to change.
         max_df_fraction: features firing on more than this fraction of tokens are pruned
             from co-activation scoring.
         smooth_window: moving-average width over token scores before sentences take the max.
@@ -91,12 +97,13 @@ class S3Settings:
     context_tokens: int = 64
     scorer: str = "attention"
     heads: list[list[Any]] | None = None
+    query_mean: bool = True
     max_df_fraction: float = 0.01
     smooth_window: int = 3
     span_tokens: int | str = "auto"
     mode: str = "hybrid"
     fusion: str = "linear"
-    fusion_weight: float = 0.4
+    fusion_weight: float = 0.5
     rrf_k: int = 60
 
     def validate(self) -> S3Settings:
@@ -189,14 +196,23 @@ class S3Index:
             kv_heads.setdefault(hw.hookpoint, [])
             if hw.kv not in kv_heads[hw.hookpoint]:
                 kv_heads[hw.hookpoint].append(hw.kv)
+        bias_vectors: dict[str, list[tuple[float, ...]]] = {}
+        if self.settings.query_mean:
+            for hw in self.heads:
+                if hw.query_mean is not None:
+                    bias_vectors.setdefault(postings_name(hw.hookpoint, hw.kv), []).append(
+                        hw.query_mean)
         self._lock = threading.RLock()
         self.scanner = Scanner(lm, {hp: self.saes[hp] for hp in kv_heads}, kv_heads=kv_heads,
                                chunk_tokens=self.settings.chunk_tokens,
                                context_tokens=self.settings.context_tokens,
-                               lock=self.lm.lock)
+                               lock=self.lm.lock,
+                               bias_vectors={nm: torch.tensor(v) for nm, v in
+                                             bias_vectors.items()})
         self.index = InvertedIndex(self.scanner.names,
                                    {postings_name(hp, g): self.saes[hp].cfg.num_latents
-                                    for hp, gs in kv_heads.items() for g in gs})
+                                    for hp, gs in kv_heads.items() for g in gs},
+                                   {nm: len(v) for nm, v in bias_vectors.items()})
         self._reset_units()
 
     # ----------------------------------------------------------------- construction
@@ -237,12 +253,22 @@ class S3Index:
         if heads is None:
             heads = [[hp, h, 1.0] for hp in sorted(self.saes) for h in range(spec.n_heads)]
         out = []
+        columns: dict[str, int] = {}
         for entry in heads:
-            hp, h, *w = entry
+            hp, h, *rest = entry
             if hp not in self.saes:
-                raise ValueError(f"head {entry} names hookpoint {hp!r}, which has no SAE "
-                                 f"(have {sorted(self.saes)})")
-            out.append(HeadWeight(hp, int(h), spec.kv_group(int(h)), float(w[0]) if w else 1.0))
+                raise ValueError(f"head {str(entry)[:60]} names hookpoint {hp!r}, which has no "
+                                 f"SAE (have {sorted(self.saes)})")
+            w = float(rest[0]) if rest else 1.0
+            mean = column = None
+            if len(rest) > 1 and rest[1] is not None and self.settings.query_mean:
+                mean = tuple(float(x) for x in rest[1])
+                if len(mean) != spec.head_dim or not all(map(math.isfinite, mean)):
+                    raise ValueError(f"head [{hp!r}, {h}]: the mean query must be "
+                                     f"{spec.head_dim} finite floats")
+                name = postings_name(hp, spec.kv_group(int(h)))
+                column = columns[name] = columns.get(name, -1) + 1
+            out.append(HeadWeight(hp, int(h), spec.kv_group(int(h)), w, mean, column))
         if not out:
             raise ValueError("no query heads selected")
         return out
@@ -298,7 +324,10 @@ class S3Index:
             cat_acts = np.concatenate([d.acts[name] for d in scanned]).reshape(-1, k)
             postings[name] = Postings.from_codes(cat_ids, cat_acts,
                                                  self.saes[name.rsplit(".", 1)[0]].cfg.num_latents)
-        segment = Segment(postings=postings, token_doc=token_doc, token_char=token_char)
+        bias = {name: np.concatenate([d.bias[name] for d in scanned])
+                for name in self.scanner.bias_vectors}
+        segment = Segment(postings=postings, token_doc=token_doc, token_char=token_char,
+                          bias=bias)
         docs = [DocRecord(doc_id=i, text=t, metadata=m, segment=-1,
                           token_start=int(offsets[j]), token_end=int(offsets[j + 1]),
                           sentences=split_sentences(t))
@@ -417,16 +446,21 @@ class S3Index:
         spans = [(docs[r].segment, docs[r].token_start, docs[r].token_end) for r in rows]
         lengths = [e - s for _, s, e in spans]
         if self.settings.scorer == "attention":
-            codes = {}
+            codes, bias = {}, {}
             for name in self.scanner.names:
                 k = self.saes[name.rsplit(".", 1)[0]].cfg.k
-                parts_i, parts_a = [], []
+                parts_i, parts_a, parts_b = [], [], []
                 for seg, s, e in spans:
-                    fi, fa = self.index.segments[seg].postings[name].to_codes(k)
+                    segment = self.index.segments[seg]
+                    fi, fa = segment.postings[name].to_codes(k)
                     parts_i.append(fi[s:e])
                     parts_a.append(fa[s:e])
+                    if name in segment.bias:
+                        parts_b.append(segment.bias[name][s:e])
                 codes[name] = (np.concatenate(parts_i), np.concatenate(parts_a))
-            flat = attention_scores(queries, codes, self.saes, self.heads)
+                if parts_b:
+                    bias[name] = np.concatenate(parts_b)
+            flat = attention_scores(queries, codes, self.saes, self.heads, bias)
         else:
             names = self.scanner.names
             idf = {n: self.index.idf(n) for n in names}
@@ -575,8 +609,7 @@ class S3Index:
         with self._lock, atomic_folder(path) as tmp:
             self.index.save(tmp)
             save_saes(self.saes, tmp / "saes")
-            write_json(tmp / "heads.json", {"heads": [[h.hookpoint, h.head, h.weight]
-                                                      for h in self.heads]})
+            write_json(tmp / "heads.json", {"heads": [h.to_entry() for h in self.heads]})
             write_manifest(tmp, {
                 "format": "s3-retriever-index",
                 "format_version": FORMAT_VERSION,

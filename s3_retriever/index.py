@@ -21,6 +21,11 @@ On disk (``InvertedIndex.save`` / ``load``, layout ``index_layout_version``)::
     postings/seg000000/<hookpoint>.indptr.npy     int64 [num_latents + 1]
     postings/seg000000/<hookpoint>.positions.npy  uint32 [nnz]
     postings/seg000000/<hookpoint>.acts.npy       float16 [nnz]
+    postings/seg000000/<hookpoint>.bias.npy       float16 [n, m]  (only if m = bias_columns > 0)
+
+A hookpoint may carry ``m`` dense per-token *bias* columns next to its postings: the engine
+stores there the exact dot product of each token's key with the mean query of each scoring
+head (the query-mean term of the attention logit, which the sparse codes approximate badly).
 
 ``save`` writes no manifest: the engine wraps it in :func:`s3_retriever.storage.atomic_folder`,
 adds its own files and calls :func:`s3_retriever.storage.write_manifest`.
@@ -543,7 +548,8 @@ class DocRecord:
 
 
 def _segment_problem(
-    postings: Mapping[str, Postings], token_doc: np.ndarray, token_char: np.ndarray
+    postings: Mapping[str, Postings], token_doc: np.ndarray, token_char: np.ndarray,
+    bias: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[str, str] | None:
     """First problem as (part, message), part in token_doc / token_char / a hookpoint."""
     n = len(token_doc) if token_doc.ndim == 1 else -1
@@ -561,6 +567,13 @@ def _segment_problem(
             return name, f"expected Postings, got {type(p).__name__}"
         if p.n_tokens != n:
             return name, f"postings for {p.n_tokens} tokens, token_doc has {n}"
+    for name, b in (bias or {}).items():
+        if name not in postings:
+            return name, "bias columns for a hookpoint without postings"
+        if b.ndim != 2 or b.shape[0] != n or b.dtype != np.float16:
+            return name, f"bias must be float16 [{n}, m], got {b.dtype} {b.shape}"
+        if not np.isfinite(b).all():
+            return name, "bias holds non-finite values"
     return None
 
 
@@ -574,6 +587,8 @@ class Segment:
         token_doc: int32 ``[n]``, doc-table row of each token (rows local to the batch
             when passed to :meth:`InvertedIndex.add_segment`, global inside the index).
         token_char: int32 ``[n, 2]``, character start/end of each token in its document.
+        bias: read-only mapping hookpoint -> float16 ``[n, m]`` dense per-token columns
+            (empty when the index keeps none).
         n_tokens: ``n``.
 
     Example:
@@ -582,13 +597,14 @@ class Segment:
         1
     """
 
-    __slots__ = ("_postings", "token_doc", "token_char", "n_tokens")
+    __slots__ = ("_postings", "_bias", "token_doc", "token_char", "n_tokens")
 
     def __init__(
         self,
         postings: Mapping[str, Postings],
         token_doc: np.ndarray | list[int],
         token_char: np.ndarray | list[list[int]],
+        bias: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Raises ValueError on inconsistent sizes, dtypes or bounds (naming the array)."""
         td = np.asarray(token_doc)
@@ -596,19 +612,25 @@ class Segment:
         if td.size == 0:
             td = td.astype(np.int32).reshape(0)
             tc = tc.astype(np.int32).reshape(0, 2)
-        problem = _segment_problem(postings, td, tc)
+        bias = {h: np.asarray(b) for h, b in (bias or {}).items()}
+        problem = _segment_problem(postings, td, tc, bias)
         if problem is not None:
             raise ValueError(f"{problem[0]}: {problem[1]}")
         self._postings = MappingProxyType(dict(postings))
+        self._bias = MappingProxyType({h: _readonly(b, np.float16, copy=True)
+                                       for h, b in bias.items()})
         self.token_doc = _readonly(td, np.int32, copy=True)
         self.token_char = _readonly(tc, np.int32, copy=True)
         self.n_tokens = len(self.token_doc)
 
     @classmethod
     def _trusted(cls, postings: Mapping[str, Postings], token_doc: np.ndarray,
-                 token_char: np.ndarray) -> Segment:
+                 token_char: np.ndarray, bias: Mapping[str, np.ndarray] | None = None
+                 ) -> Segment:
         self = cls.__new__(cls)
         self._postings = MappingProxyType(dict(postings))
+        self._bias = MappingProxyType({h: _readonly(b, np.float16, copy=False)
+                                       for h, b in (bias or {}).items()})
         self.token_doc = _readonly(token_doc, np.int32, copy=False)
         self.token_char = _readonly(token_char, np.int32, copy=False)
         self.n_tokens = len(self.token_doc)
@@ -620,9 +642,15 @@ class Segment:
         return self._postings
 
     @property
+    def bias(self) -> Mapping[str, np.ndarray]:
+        """Hookpoint -> float16 ``[n, m]`` bias columns (read-only mapping, may be empty)."""
+        return self._bias
+
+    @property
     def nbytes(self) -> int:
-        """Bytes of the postings and token tables."""
-        return (sum(p.nbytes for p in self._postings.values()) + int(self.token_doc.nbytes)
+        """Bytes of the postings, bias columns and token tables."""
+        return (sum(p.nbytes for p in self._postings.values())
+                + sum(int(b.nbytes) for b in self._bias.values()) + int(self.token_doc.nbytes)
                 + int(self.token_char.nbytes))
 
     def __repr__(self) -> str:
@@ -698,8 +726,12 @@ class InvertedIndex:
         (1, [1, 2, 1, 0], [True, True, False])
     """
 
-    def __init__(self, hookpoints: list[str], num_latents: dict[str, int] | int) -> None:
-        """Raises ValueError on empty/duplicate/unsafe hookpoint names or bad sizes."""
+    def __init__(self, hookpoints: list[str], num_latents: dict[str, int] | int,
+                 bias_columns: Mapping[str, int] | None = None) -> None:
+        """Raises ValueError on empty/duplicate/unsafe hookpoint names or bad sizes.
+
+        ``bias_columns``: hookpoint -> number of dense float16 per-token columns each
+        segment must carry for it (default none)."""
         hookpoints = list(hookpoints)
         if not hookpoints:
             raise ValueError("an index needs at least one hookpoint")
@@ -721,6 +753,12 @@ class InvertedIndex:
                 raise ValueError(f"num_latents[{h!r}] must be a positive int, got {size!r}")
         self._hookpoints = tuple(hookpoints)
         self._num_latents = {h: int(s) for h, s in sizes.items()}
+        bias_columns = dict(bias_columns or {})
+        for h, m in bias_columns.items():
+            if h not in self._num_latents or not _is_int(m) or m < 0:
+                raise ValueError(f"bias_columns[{h!r}] must be an int >= 0 for a hookpoint of "
+                                 f"the index, got {m!r}")
+        self._bias_columns = {h: int(m) for h, m in bias_columns.items() if m > 0}
         self._segments: list[Segment] = []
         self._docs: list[DocRecord] = []
         self._live: dict[str, int] = {}
@@ -730,6 +768,11 @@ class InvertedIndex:
     def _clear_caches(self) -> None:
         self._mask_cache: dict[int, np.ndarray] = {}
         self._df_cache: dict[str, np.ndarray] = {}
+
+    @property
+    def bias_columns(self) -> dict[str, int]:
+        """Hookpoint -> number of bias columns per token (only hookpoints that have some)."""
+        return dict(self._bias_columns)
 
     # -- read-only views -----------------------------------------------------------------
 
@@ -907,6 +950,10 @@ class InvertedIndex:
             if p.num_latents != self._num_latents[h]:
                 raise ValueError(f"hookpoint {h!r}: {p.num_latents} latents, index has "
                                  f"{self._num_latents[h]}")
+        got = {h: b.shape[1] for h, b in segment.bias.items() if b.shape[1]}
+        if got != self._bias_columns:
+            raise ValueError(f"segment bias columns {got} differ from the index's "
+                             f"{self._bias_columns}")
         for d in docs:
             d.validate()
         ids = [d.doc_id for d in docs]
@@ -931,7 +978,7 @@ class InvertedIndex:
         seg_id = len(self._segments)
         self._segments.append(Segment._trusted(
             segment.postings, (segment.token_doc.astype(np.int64) + base).astype(np.int32),
-            segment.token_char))
+            segment.token_char, {h: segment.bias[h] for h in self._bias_columns}))
         for row, d in enumerate(docs, start=base):
             self._docs.append(replace(d, segment=seg_id, deleted=False,
                                       metadata=dict(d.metadata),
@@ -1001,7 +1048,11 @@ class InvertedIndex:
                                         for seg, k in zip(self._segments, keeps, strict=True)])
             token_char = np.concatenate([seg.token_char[k]
                                          for seg, k in zip(self._segments, keeps, strict=True)])
-            new_segments = [Segment._trusted(postings, token_doc.astype(np.int32), token_char)]
+            bias = {h: np.concatenate([seg.bias[h][k] for seg, k in
+                                       zip(self._segments, keeps, strict=True)])
+                    for h in self._bias_columns}
+            new_segments = [Segment._trusted(postings, token_doc.astype(np.int32), token_char,
+                                             bias)]
         else:
             new_segments = []
         self._segments = new_segments
@@ -1034,6 +1085,7 @@ class InvertedIndex:
             "layout_version": index_layout_version,
             "hookpoints": list(self._hookpoints),
             "num_latents": dict(self._num_latents),
+            "bias_columns": dict(self._bias_columns),
             "segments": len(self._segments),
             "docs": len(self._docs),
             "live_docs": len(self),
@@ -1067,6 +1119,7 @@ class InvertedIndex:
             "layout_version": index_layout_version,
             "hookpoints": list(self._hookpoints),
             "num_latents": dict(self._num_latents),
+            "bias_columns": dict(self._bias_columns),
             "segments": [{
                 "n_tokens": seg.n_tokens,
                 "hookpoints": list(self._hookpoints),
@@ -1082,6 +1135,8 @@ class InvertedIndex:
                 for part in ("indptr", "positions", "acts"):
                     save_npy(folder / "postings" / f"seg{s:06d}" / f"{h}.{part}.npy",
                              getattr(p, part))
+            for h in self._bias_columns:
+                save_npy(folder / "postings" / f"seg{s:06d}" / f"{h}.bias.npy", seg.bias[h])
 
     @classmethod
     def load(cls, folder: str | os.PathLike, mmap: bool = True, check: bool = True
@@ -1124,8 +1179,8 @@ class InvertedIndex:
             raise IndexFormatError(f"{seg_file}: 'hookpoints' must be a list and "
                                    "'num_latents' an object")
         try:
-            index = cls(meta["hookpoints"], meta["num_latents"])
-        except (ValueError, TypeError) as e:
+            index = cls(meta["hookpoints"], meta["num_latents"], meta.get("bias_columns"))
+        except (ValueError, TypeError, AttributeError) as e:
             raise IndexFormatError(f"{seg_file}: {e}") from None
         hookpoints, sizes = index._hookpoints, index._num_latents
         seg_meta = meta.get("segments")
@@ -1175,10 +1230,14 @@ class InvertedIndex:
                 if problem is not None:
                     raise IndexFormatError(f"{where(f'{rel}.{problem[0]}.npy')}: {problem[1]}")
                 postings[h] = Postings._trusted(indptr, positions, acts, n)
-            problem = _segment_problem(postings, token_doc, token_char)
+            bias = {h: load_npy(folder / f"postings/seg{s:06d}/{h}.bias.npy", mmap, np.float16,
+                                shape=(n, m)) for h, m in index._bias_columns.items()}
+            problem = _segment_problem(postings, token_doc, token_char, bias if check else None)
             if problem is not None:
-                raise IndexFormatError(
-                    f"{where(char_rel if problem[0] == 'token_char' else doc_rel)}: {problem[1]}")
+                part = problem[0]
+                rel = (char_rel if part == "token_char" else doc_rel if part == "token_doc"
+                       else f"postings/seg{s:06d}/{part}.bias.npy")
+                raise IndexFormatError(f"{where(rel)}: {problem[1]}")
             if n and int(token_doc.max()) >= len(docs):
                 raise IndexFormatError(f"{where(doc_rel)}: refers to doc-table row "
                                        f"{int(token_doc.max())}, docs.jsonl has {len(docs)}")
@@ -1195,7 +1254,7 @@ class InvertedIndex:
             )
             if problem is not None:
                 raise IndexFormatError(f"{where(doc_rel)} disagrees with docs.jsonl: {problem}")
-            segments.append(Segment._trusted(postings, token_doc, token_char))
+            segments.append(Segment._trusted(postings, token_doc, token_char, bias))
 
         index._segments = segments
         index._docs = docs

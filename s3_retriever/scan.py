@@ -15,8 +15,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,11 +51,13 @@ def tokenize_document(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class ScannedDocument:
-    """Codes of one document: ``ids[name]``/``acts[name]`` are [n_tokens, k] per postings name."""
+    """Codes of one document: ``ids[name]``/``acts[name]`` are [n_tokens, k] per postings name;
+    ``bias[name]`` the float16 [n_tokens, m] exact key . bias-vector products (if any)."""
 
     token_char: np.ndarray
     ids: dict[str, np.ndarray]
     acts: dict[str, np.ndarray]
+    bias: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_tokens(self) -> int:
@@ -72,11 +74,15 @@ class Scanner:
         chunk_tokens: tokens indexed per forward pass.
         context_tokens: left context carried into each chunk after the first.
         lock: held around every forward pass (the model's hooks are not thread-safe).
+        bias_vectors: postings name -> ``[m, head_dim]`` vectors whose dot products with
+            each exact key are kept as dense float16 columns (the engine passes the mean
+            query of each scoring head: the query-mean term of the attention logit).
     """
 
     def __init__(self, lm: LoadedModel, saes: dict[str, TopKSAE], *,
                  kv_heads: dict[str, Sequence[int]] | None = None, chunk_tokens: int = 512,
-                 context_tokens: int = 64, lock=None):
+                 context_tokens: int = 64, lock=None,
+                 bias_vectors: Mapping[str, torch.Tensor] | None = None):
         if chunk_tokens <= 0 or context_tokens < 0:
             raise ValueError("chunk_tokens must be > 0 and context_tokens >= 0")
         if chunk_tokens + context_tokens + len(lm.sink_ids) > lm.max_length:
@@ -93,6 +99,12 @@ class Scanner:
         self.lock = lock
         for hp, sae in saes.items():
             sae.check_compatible(lm.spec.head_dim, self.layers[hp])
+        self.bias_vectors = {nm: torch.as_tensor(v, dtype=torch.float32).reshape(
+            -1, lm.spec.head_dim) for nm, v in (bias_vectors or {}).items() if len(v)}
+        unknown = sorted(set(self.bias_vectors) - set(self.names))
+        if unknown:
+            raise ValueError(f"bias vectors for postings {unknown} that are not scanned "
+                             f"({self.names})")
 
     @property
     def names(self) -> list[str]:
@@ -136,6 +148,7 @@ class Scanner:
                      for nm in (postings_name(hp, g) for g in self.kv_heads[hp])}
         codes_acts = {nm: np.zeros((n, self.saes[nm.rsplit(".", 1)[0]].cfg.k), np.float16)
                       for nm in codes_ids}
+        bias = {nm: np.zeros((n, len(v)), np.float16) for nm, v in self.bias_vectors.items()}
         for start in range(0, n, self.chunk_tokens):
             end = min(n, start + self.chunk_tokens)
             left = max(0, start - self.context_tokens)
@@ -147,6 +160,9 @@ class Scanner:
                     nm = postings_name(hp, g)
                     codes_ids[nm][start:end] = fid.cpu().numpy()
                     codes_acts[nm][start:end] = acts.cpu().numpy()
+                    if nm in bias:
+                        b = k[:, g, :].float().cpu() @ self.bias_vectors[nm].T
+                        bias[nm][start:end] = b.clamp(-60000, 60000).numpy()
             del keys
             bar.update(end - start)
-        return ScannedDocument(offsets, codes_ids, codes_acts)
+        return ScannedDocument(offsets, codes_ids, codes_acts, bias)

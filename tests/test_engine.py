@@ -241,3 +241,92 @@ def test_settings_validation():
         S3Settings.from_dict({"colour": 1})
     with pytest.raises(ValueError, match="span_tokens"):
         S3Settings(span_tokens="big").validate()
+
+
+# ------------------------------------------------------------------ the query-mean term
+def _mean_heads(dim=16, seed=1):
+    g = np.random.default_rng(seed)
+    return [["layers.1", 0, 1.0, g.normal(size=dim).round(4).tolist()],
+            ["layers.2", 3, 1.0, g.normal(size=dim).round(4).tolist()],
+            ["layers.2", 2, 1.0]]
+
+
+def test_query_mean_columns_hold_exact_mean_dot_key(tok):
+    import torch
+
+    from s3_retriever.hooks import QKHooks
+    from s3_retriever.scan import tokenize_document
+
+    lm = tiny_lm(tok)
+    heads = _mean_heads()
+    idx = S3Index(lm, tiny_saes(), S3Settings(chunk_tokens=64, context_tokens=4, heads=heads))
+    idx.add_texts(TEXTS[:1], ids=["curie"], show_progress=False)
+    # head 0 reads kv 0 of layer 1; heads 3 and 2 read kv 1 of layer 2, only 3 has a mean
+    assert idx.index.bias_columns == {"layers.1.kv0": 1, "layers.2.kv1": 1}
+    assert [h.column for h in idx.heads] == [0, 0, None]
+    ids, _ = tokenize_document(tok, TEXTS[0])
+    with QKHooks(lm.model, [1, 2], keys=True) as hooks:
+        keys = hooks.run(input_ids=lm.input_tensor(ids)).keys
+    n = len(lm.sink_ids)
+    for (hp, h, _, mean), name in zip(heads[:2], ["layers.1.kv0", "layers.2.kv1"]):
+        k = keys[int(hp.split(".")[1])][0, n:, h // 2].float()
+        want = (k @ torch.tensor(mean)).numpy()
+        got = idx.index.segments[0].bias[name][:, 0].astype(np.float32)
+        np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_query_mean_logits_and_persistence(tok, tmp_path):
+    import torch
+
+    from s3_retriever.scoring import attention_scores, reconstructed_logits, softmax_mass
+
+    heads = _mean_heads()
+    idx = S3Index(tiny_lm(tok), tiny_saes(), S3Settings(chunk_tokens=16, context_tokens=4,
+                                                        heads=heads))
+    idx.add_texts(TEXTS, ids=["curie", "amazon", "bach"], show_progress=False)
+    seg = idx.index.segments[0]
+    q = {hp: torch.randn(5, 4, 16) for hp in ("layers.1", "layers.2")}
+    codes = {nm: tuple(np.array(a) for a in seg.postings[nm].to_codes(4))
+             for nm in idx.scanner.names}
+    hw = idx.heads[0]  # layers.1 head 0, with a mean
+    got = attention_scores(q, codes, idx.saes, [hw], dict(seg.bias))
+    mean = torch.tensor(hw.query_mean)
+    exact = torch.from_numpy(seg.bias["layers.1.kv0"][:, 0].astype(np.float32))
+    logits = reconstructed_logits(q["layers.1"][:, 0] - mean, *codes["layers.1.kv0"],
+                                  idx.saes["layers.1"]) + exact[:, None] / 4.0
+    np.testing.assert_allclose(got, softmax_mass(logits), rtol=1e-5)
+    # without the term the scores differ (the test would pass vacuously otherwise)
+    plain = attention_scores(q, codes, idx.saes, [hw], None)
+    assert not np.allclose(got, plain)
+
+    before = _key(idx.search("Where was Marie Curie born?", k=3, mode="s3"))
+    idx.save(tmp_path / "qm")
+    back = S3Index.load(tmp_path / "qm", model=idx.lm)
+    assert back.index.bias_columns == idx.index.bias_columns
+    assert [h.to_entry() for h in back.heads] == [h.to_entry() for h in idx.heads]
+    assert _key(back.search("Where was Marie Curie born?", k=3, mode="s3")) == before
+    # deleting and compacting keeps each token's bias with its token
+    back.delete(["curie"])
+    kept = back.index.live_token_mask(0)
+    want = seg.bias["layers.2.kv1"][kept]
+    back.index.compact()
+    np.testing.assert_array_equal(back.index.segments[0].bias["layers.2.kv1"], want)
+
+
+def test_query_mean_off_and_bad_means(tok):
+    idx = S3Index(tiny_lm(tok), tiny_saes(), S3Settings(chunk_tokens=16, context_tokens=4,
+                                                        heads=_mean_heads(), query_mean=False))
+    assert idx.index.bias_columns == {} and all(h.column is None for h in idx.heads)
+    with pytest.raises(ValueError, match="mean query must be 16 finite floats"):
+        S3Index(tiny_lm(tok), tiny_saes(), S3Settings(heads=[["layers.1", 0, 1.0, [0.0] * 3]]))
+
+
+def test_corrupt_bias_file_is_reported(tok, tmp_path):
+    idx = S3Index(tiny_lm(tok), tiny_saes(), S3Settings(chunk_tokens=16, context_tokens=4,
+                                                        heads=_mean_heads()))
+    idx.add_texts(TEXTS, ids=["curie", "amazon", "bach"], show_progress=False)
+    idx.save(tmp_path / "qm")
+    f = tmp_path / "qm" / "postings" / "seg000000" / "layers.1.kv0.bias.npy"
+    f.write_bytes(f.read_bytes()[:-4])
+    with pytest.raises(IndexFormatError, match="bias"):
+        S3Index.load(tmp_path / "qm", model=idx.lm)

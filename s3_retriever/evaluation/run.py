@@ -325,7 +325,7 @@ def apply_search_settings(index: S3Index, overrides: Mapping[str, Any]) -> None:
 
 
 def _heads_key(index: S3Index) -> list[list[Any]]:
-    return [[h.hookpoint, h.head, h.weight] for h in index.heads]
+    return [h.to_entry() + [h.column] for h in index.heads]
 
 
 def index_corpus(index: S3Index, documents: Mapping[str, Document], *,
@@ -355,7 +355,7 @@ def index_corpus(index: S3Index, documents: Mapping[str, Document], *,
                 and {hp: s.content_hash() for hp, s in cached.saes.items()}
                 == {hp: s.content_hash() for hp, s in index.saes.items()}
                 and all(getattr(cached.settings, k) == getattr(index.settings, k)
-                        for k in ("chunk_tokens", "context_tokens")))
+                        for k in ("chunk_tokens", "context_tokens", "query_mean")))
         if same:
             cached.settings = S3Settings.from_dict(index.settings.to_dict())
             info.update(from_cache=True, documents=len(cached),
