@@ -21,6 +21,7 @@ from s3_retriever import S3Index
 from s3_retriever.cli import _int_ranges
 from s3_retriever.evaluation.data import hotpotqa_benchmark
 from s3_retriever.evaluation.harness import paired, run_engine, table
+from s3_retriever.fusion import LearnedFusion
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setting", action="append", default=[],
                     help="S3Settings override NAME=JSON, e.g. fusion_weight=0.3")
     ap.add_argument("--saes", default=None)
+    ap.add_argument("--fusion-model", default=None,
+                    help="fusion.json to use with --setting fusion='\"learned\"'")
     ap.add_argument("--out", default=None)
     ap.add_argument("--index", default=None, help="reuse (or create) a saved index of the "
                     "benchmark's documents; only search-time settings may then be overridden")
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         index.settings.validate()
     else:
         index = S3Index.from_model("smollm2-135m", saes=a.saes, **settings)
+    if a.fusion_model:
+        index.fusion_model = LearnedFusion.load(a.fusion_model)
 
     def count(text: str) -> int:
         return len(index.lm.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 from s3_retriever.activations import collect_qk
 from s3_retriever.corpus import generic_corpus
 from s3_retriever.evaluation.data import Benchmark
+from s3_retriever.fusion import LearnedFusion, unit_features
 from s3_retriever.hooks import QKHooks
 from s3_retriever.models import LoadedModel
 from s3_retriever.scan import hookpoint_layer, tokenize_document
@@ -209,3 +211,35 @@ def add_query_means(heads_file: str | os.PathLike, lm: LoadedModel,
                            else f"{len(texts)} user texts"}
     write_json(path, data)
     return data["heads"]
+
+
+def fit_fusion(index: Any, bench: Benchmark, *, l2: float = 1e-2, show_progress: bool = True,
+               info: dict[str, Any] | None = None) -> LearnedFusion:
+    """Fit the learned fusion (:mod:`s3_retriever.fusion`) on a calibration benchmark.
+
+    ``index`` is an :class:`~s3_retriever.engine.S3Index`; the benchmark's documents
+    missing from it are scanned first. Every sentence unit of every question's haystack is
+    one training row, labelled 1 when it holds a gold evidence span.
+    """
+    todo = [d for d in bench.documents.values() if d.doc_id not in index.index]
+    if todo:
+        index.add_texts([d.text for d in todo], [d.metadata for d in todo],
+                        [d.doc_id for d in todo], show_progress=show_progress)
+    xs, ys = [], []
+    for ex in tqdm(bench.examples, desc="fusion features", disable=not show_progress):
+        us = index.unit_scores(ex.question, doc_ids=ex.doc_ids)
+        golds: dict[str, list[tuple[int, int]]] = {}
+        for e in ex.evidence:
+            golds.setdefault(e.doc_id, []).append((e.start_char, e.end_char))
+        y = np.array([any(s <= gs and ge <= e for gs, ge in golds.get(d, ()))
+                      for d, (s, e) in zip(us["doc_id"], us["bounds"])], np.float64)
+        if not y.any():
+            continue
+        xs.append(unit_features(us["head"], us["bm25"], us["tokens"]))
+        ys.append(y)
+    if not xs:
+        raise ValueError("no calibration question has gold evidence in its haystack")
+    X, y = np.concatenate(xs), np.concatenate(ys)
+    meta = {"questions": len(xs), "units": int(len(y)), "gold_units": int(y.sum()), "l2": l2,
+            **(info or {})}
+    return LearnedFusion.fit(us["heads"], X, y, l2=l2, info=meta)

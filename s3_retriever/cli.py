@@ -121,6 +121,31 @@ def cmd_train_sae(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_fusion(a: argparse.Namespace) -> int:
+    from s3_retriever.calibration import fit_fusion
+    from s3_retriever.engine import S3Index
+    from s3_retriever.evaluation.data import hotpotqa_benchmark
+
+    index = S3Index.from_model(a.model, saes=a.saes, device=a.device, dtype=a.dtype)
+    lm = index.lm
+
+    def count(text: str) -> int:
+        return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    bench = hotpotqa_benchmark(_int_ranges(a.questions), a.context_tokens, count, path=a.data,
+                               seed=a.seed)
+    model = fit_fusion(index, bench, l2=a.l2, show_progress=not a.quiet, info={
+        "model": lm.model_id, "split": f"HotpotQA questions {a.questions}",
+        "context_tokens": a.context_tokens, "seed": a.seed,
+        "command": "s3-retriever " + " ".join(sys.argv[1:])})
+    out = model.save(a.out)
+    print(f"learned fusion over {len(model.heads)} heads + BM25 + length -> {out}")
+    for name, w in zip([*model.heads, "bm25", "log_tokens"], model.weights):
+        print(f"  {name:>14}: {w:+.3f}")
+    print(f"  {'bias':>14}: {model.bias:+.3f}")
+    return 0
+
+
 def cmd_query_means(a: argparse.Namespace) -> int:
     from s3_retriever.calibration import add_query_means
     from s3_retriever.models import load_model
@@ -248,6 +273,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true")
     model_args(q)
     q.set_defaults(func=cmd_calibrate)
+
+    q = sub.add_parser("calibrate-fusion", help="fit the learned fusion (per-head S3 scores + "
+                                               "BM25 + length) on HotpotQA calibration questions")
+    q.add_argument("--model", default=DEFAULT_MODEL)
+    q.add_argument("--saes", default=None, help="SAE folder (default: the shipped SAEs)")
+    q.add_argument("--questions", default="0-99", help="HotpotQA question indices (file order)")
+    q.add_argument("--context-tokens", type=int, default=8000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--l2", type=float, default=1e-2)
+    q.add_argument("--data", default=None, help="folder with the QA data (default ../shared/data)")
+    q.add_argument("--out", required=True, help="fusion.json (or a folder) to write")
+    q.add_argument("--quiet", action="store_true")
+    model_args(q)
+    q.set_defaults(func=cmd_calibrate_fusion)
 
     q = sub.add_parser("query-means", help="add each head's mean query (the query-mean term) "
                                           "to the heads.json of an SAE folder")

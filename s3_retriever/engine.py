@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from s3_retriever import lexical
+from s3_retriever.fusion import FUSION_FILE, LearnedFusion, head_name
 from s3_retriever.generate import Answer, answer_from_spans
 from s3_retriever.hooks import QKHooks
 from s3_retriever.index import DocRecord, InvertedIndex, Postings, Segment
@@ -57,7 +58,7 @@ from s3_retriever.storage import (
 
 FORMAT_VERSION = 1
 MODES = ("hybrid", "s3", "bm25")
-FUSIONS = ("linear", "rrf")
+FUSIONS = ("linear", "rrf", "learned")
 
 
 class EmptyIndexError(ValueError):
@@ -88,7 +89,9 @@ class S3Settings:
             (0: single sentences); ``"auto"``: a tenth of the search's token budget, kept
             within 48-192 (48 when only ``k`` is given).
         mode: default retrieval mode, ``"hybrid"``, ``"s3"`` or ``"bm25"``.
-        fusion: ``"linear"`` (min-max normalised mix) or ``"rrf"`` (reciprocal rank).
+        fusion: ``"linear"`` (min-max normalised mix), ``"rrf"`` (reciprocal rank) or
+            ``"learned"`` (the logistic regression of ``fusion.json`` shipped with the SAEs;
+            see :mod:`s3_retriever.fusion`).
         fusion_weight: the S3 share in the fusion, in [0, 1].
         rrf_k: the RRF constant.
     """
@@ -182,9 +185,11 @@ class S3Index:
     """
 
     def __init__(self, lm: LoadedModel, saes: Mapping[str, TopKSAE],
-                 settings: S3Settings | None = None, *, heads: list[list[Any]] | None = None):
+                 settings: S3Settings | None = None, *, heads: list[list[Any]] | None = None,
+                 fusion_model: LearnedFusion | None = None):
         if not saes:
             raise SAEError("an S3Index needs at least one SAE")
+        self.fusion_model = fusion_model
         self.lm = lm
         self.saes = dict(saes)
         self.settings = (settings or S3Settings()).validate()
@@ -214,6 +219,20 @@ class S3Index:
                                     for hp, gs in kv_heads.items() for g in gs},
                                    {nm: len(v) for nm, v in bias_vectors.items()})
         self._reset_units()
+        if self.settings.fusion == "learned":
+            self._check_fusion_model()
+
+    def _check_fusion_model(self) -> LearnedFusion:
+        if self.fusion_model is None:
+            raise ValueError("fusion='learned' needs a fusion.json next to the SAEs (train one "
+                             "with `s3-retriever calibrate-fusion`)")
+        want = [head_name(h.hookpoint, h.head) for h in self.heads]
+        if self.fusion_model.heads != want:
+            raise ValueError(f"the learned fusion was fitted on heads {self.fusion_model.heads}, "
+                             f"this index scores with {want}")
+        if self.settings.scorer != "attention":
+            raise ValueError("fusion='learned' needs scorer='attention'")
+        return self.fusion_model
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -238,13 +257,17 @@ class S3Index:
                     f"no SAEs are shipped for model {lm.model_id!r}; train them with "
                     f"`s3-retriever train-sae --model {lm.model_id} --out DIR` and pass saes=DIR")
             saes = folder
+        fusion_model = None
         if not isinstance(saes, Mapping):
             folder = Path(saes)
             heads_file = folder / "heads.json"
             if heads_file.is_file():
                 heads = json.loads(heads_file.read_text(encoding="utf-8"))["heads"]
+            if (folder / FUSION_FILE).is_file():
+                fusion_model = LearnedFusion.load(folder / FUSION_FILE)
             saes = load_saes(folder, device="cpu")
-        return cls(lm, saes, S3Settings.from_dict(settings), heads=heads)
+        return cls(lm, saes, S3Settings.from_dict(settings), heads=heads,
+                   fusion_model=fusion_model)
 
     def _resolve_heads(self, heads: list[list[Any]] | None) -> list[HeadWeight]:
         spec = self.lm.spec
@@ -439,8 +462,10 @@ class S3Index:
         return [row for row, rec in enumerate(self.index.docs)
                 if not rec.deleted and (not filters or _match(rec.metadata, filters))]
 
-    def _s3_token_scores(self, question: str, rows: list[int]) -> list[np.ndarray]:
-        """Per candidate doc row, the S3 score of each of its tokens."""
+    def _s3_token_scores(self, question: str, rows: list[int], per_head: bool = False
+                         ) -> list[np.ndarray]:
+        """Per candidate doc row, the S3 score of each of its tokens ([n], or with
+        ``per_head`` [n_heads, n] unweighted attention masses; attention scorer only)."""
         queries = self._question_queries(question)
         docs = self.index.docs
         spans = [(docs[r].segment, docs[r].token_start, docs[r].token_end) for r in rows]
@@ -460,7 +485,8 @@ class S3Index:
                 codes[name] = (np.concatenate(parts_i), np.concatenate(parts_a))
                 if parts_b:
                     bias[name] = np.concatenate(parts_b)
-            flat = attention_scores(queries, codes, self.saes, self.heads, bias)
+            flat = attention_scores(queries, codes, self.saes, self.heads, bias,
+                                    per_head=per_head)
         else:
             names = self.scanner.names
             idf = {n: self.index.idf(n) for n in names}
@@ -480,9 +506,55 @@ class S3Index:
             flat = np.concatenate([per_seg[seg][s:e] for seg, s, e in spans])
         out, pos = [], 0
         for n in lengths:
-            out.append(np.asarray(flat[pos:pos + n], np.float64))
+            out.append(np.asarray(flat[..., pos:pos + n], np.float64))
             pos += n
         return out
+
+    def _unit_scores(self, rows: list[int], token_scores: list[np.ndarray]) -> np.ndarray:
+        """Smoothed token scores -> the max per sentence unit, concatenated over ``rows``."""
+        parts = []
+        for r, ts in zip(rows, token_scores):
+            a, b = self._doc_units[r]
+            sm = smooth(ts, self.settings.smooth_window) if len(ts) else ts
+            su = sentence_scores(sm, self._doc_token_unit[r], b - a, reduce="max")
+            parts.append(np.where(np.isfinite(su), su, 0.0))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def unit_scores(self, query: str, doc_ids: Collection[str] | None = None,
+                    filters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The raw per-sentence scores a search ranks, for analysis or a custom fusion.
+
+        Returns a dict of aligned arrays over the candidate documents' sentence units:
+        ``doc_id`` (list), ``bounds`` [U, 2] char offsets, ``tokens`` [U], ``head`` [H, U]
+        per-head S3 scores (attention scorer), ``s3`` [U], ``bm25`` [U], and ``heads``
+        (the head names, in row order of ``head``).
+        """
+        with self._lock:
+            if len(self.index) == 0:
+                raise EmptyIndexError("the index is empty: add documents before searching")
+            rows = self._candidate_rows(filters, doc_ids)
+            units = np.concatenate([np.arange(*self._doc_units[r]) for r in rows]) if rows \
+                else np.zeros(0, np.int64)
+            head, s3 = self._s3_units(query, rows, per_head=self.settings.scorer == "attention")
+            return {"doc_id": [self.index.docs[r].doc_id for r in self._unit_doc[units]],
+                    "bounds": self._unit_bounds[units], "tokens": self._unit_tokens[units],
+                    "head": head, "s3": s3,
+                    "bm25": np.asarray(self._bm25.scores(query), np.float64)[units],
+                    "heads": [head_name(h.hookpoint, h.head) for h in self.heads]}
+
+    def _s3_units(self, query: str, rows: list[int], per_head: bool
+                  ) -> tuple[np.ndarray | None, np.ndarray]:
+        """(per-head unit scores [H, U] or None, the summed S3 unit scores [U])."""
+        if not rows:
+            return (np.zeros((len(self.heads), 0)) if per_head else None), np.zeros(0)
+        token_scores = self._s3_token_scores(query, rows, per_head=per_head)
+        if not per_head:
+            return None, self._unit_scores(rows, token_scores)
+        w = np.asarray([h.weight for h in self.heads])
+        summed = [np.tensordot(w, ts, axes=1) for ts in token_scores]
+        head = np.stack([self._unit_scores(rows, [ts[i] for ts in token_scores])
+                         for i in range(len(self.heads))])
+        return head, self._unit_scores(rows, summed)
 
     def search(self, query: str, k: int | None = 4, budget_tokens: int | None = None,
                mode: str | None = None, filters: Mapping[str, Any] | None = None,
@@ -536,17 +608,16 @@ class S3Index:
             units = np.concatenate([np.arange(a, b) for a, b in unit_ranges])
             s3_units = np.zeros(len(units))
             bm_units = np.zeros(len(units))
+            learned = mode == "hybrid" and fusion == "learned"
+            model = self._check_fusion_model() if learned else None
+            head_units = None
             if mode != "bm25":
-                token_scores = self._s3_token_scores(query, rows)
-                parts = []
-                for r, ts, (a, b) in zip(rows, token_scores, unit_ranges):
-                    sm = smooth(ts, self.settings.smooth_window) if len(ts) else ts
-                    su = sentence_scores(sm, self._doc_token_unit[r], b - a, reduce="max")
-                    parts.append(np.where(np.isfinite(su), su, 0.0))
-                s3_units = np.concatenate(parts)
+                head_units, s3_units = self._s3_units(query, rows, per_head=learned)
             if mode != "s3":
                 bm_units = np.asarray(self._bm25.scores(query), np.float64)[units]
-            if mode == "hybrid":
+            if learned:
+                fused = model.score(head_units, bm_units, self._unit_tokens[units])
+            elif mode == "hybrid":
                 fused = lexical.fuse(s3_units, bm_units, method=fusion, weight=fusion_weight,
                                      rrf_k=rrf_k)
             else:
@@ -610,6 +681,8 @@ class S3Index:
             self.index.save(tmp)
             save_saes(self.saes, tmp / "saes")
             write_json(tmp / "heads.json", {"heads": [h.to_entry() for h in self.heads]})
+            if self.fusion_model is not None:
+                self.fusion_model.save(tmp / FUSION_FILE)
             write_manifest(tmp, {
                 "format": "s3-retriever-index",
                 "format_version": FORMAT_VERSION,
@@ -652,7 +725,9 @@ class S3Index:
             if hp not in saes or saes[hp].content_hash() != h:
                 raise IndexFormatError(f"{path}: SAE {hp} does not match the manifest hash")
         heads = json.loads((path / "heads.json").read_text(encoding="utf-8"))["heads"]
-        out = cls(lm, saes, settings, heads=heads)
+        fusion_model = (LearnedFusion.load(path / FUSION_FILE)
+                        if (path / FUSION_FILE).is_file() else None)
+        out = cls(lm, saes, settings, heads=heads, fusion_model=fusion_model)
         out.index = InvertedIndex.load(path, mmap=mmap)
         if sorted(out.index.hookpoints) != sorted(out.scanner.names):
             raise IndexFormatError(f"{path}: postings {sorted(out.index.hookpoints)} do not "

@@ -91,8 +91,10 @@ def reconstructed_logits(q: torch.Tensor, ids: np.ndarray, acts: np.ndarray, sae
 
 def attention_scores(queries: dict[str, torch.Tensor], codes: dict[str, tuple[np.ndarray,
                      np.ndarray]], saes: dict[str, TopKSAE], heads: list[HeadWeight],
-                     bias: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """Attention mass per haystack position, summed over heads with their weights.
+                     bias: dict[str, np.ndarray] | None = None, *, per_head: bool = False
+                     ) -> np.ndarray:
+    """Attention mass per haystack position, summed over heads with their weights
+    (``per_head``: [n_heads, n], one unweighted row per head).
 
     Args:
         queries: hookpoint -> the question's queries [T, n_heads, d].
@@ -103,6 +105,7 @@ def attention_scores(queries: dict[str, torch.Tensor], codes: dict[str, tuple[np
             ``column`` uses the query-mean term from it.
     """
     total: np.ndarray | None = None
+    rows: list[np.ndarray] = []
     for hw in heads:
         name = f"{hw.hookpoint}.kv{hw.kv}"
         ids, acts = codes[name]
@@ -114,8 +117,13 @@ def attention_scores(queries: dict[str, torch.Tensor], codes: dict[str, tuple[np
                 (exact / math.sqrt(q.shape[-1])).unsqueeze(1)
         else:
             logits = reconstructed_logits(q, ids, acts, saes[hw.hookpoint])
+        if per_head:
+            rows.append(softmax_mass(logits))
+            continue
         mass = softmax_mass(logits) * hw.weight
         total = mass if total is None else total + mass
+    if per_head and rows:
+        return np.stack(rows)
     if total is None:
         raise ValueError("no heads selected for scoring")
     return total

@@ -330,3 +330,55 @@ def test_corrupt_bias_file_is_reported(tok, tmp_path):
     f.write_bytes(f.read_bytes()[:-4])
     with pytest.raises(IndexFormatError, match="bias"):
         S3Index.load(tmp_path / "qm", model=idx.lm)
+
+
+# ------------------------------------------------------------------ learned fusion
+def test_learned_fusion_fit_persist_and_search(tok, tmp_path):
+    from s3_retriever.calibration import fit_fusion
+    from s3_retriever.evaluation.data import Benchmark, Document, Evidence, Example
+    from s3_retriever.fusion import LearnedFusion
+
+    idx = S3Index(tiny_lm(tok), tiny_saes(), S3Settings(chunk_tokens=16, context_tokens=4))
+    docs = {n: Document(n, t, {}) for n, t in zip(["curie", "amazon", "bach"], TEXTS)}
+    qs = [("Where was Marie Curie born?", "curie", "Marie Curie was born in Warsaw in 1867."),
+          ("Which river flows through Brazil?", "amazon", "The Amazon river flows through Brazil."),
+          ("Who composed the Brandenburg Concertos?", "bach",
+           "Johann Sebastian Bach composed the Brandenburg Concertos.")]
+    examples = [Example(f"q{i}", q, ["x"], list(docs), [Evidence(d, 0, len(g))], "toy", 90)
+                for i, (q, d, g) in enumerate(qs)]
+    for (_, d, g) in qs:
+        assert TEXTS[list(docs).index(d)].startswith(g)
+    model = fit_fusion(idx, Benchmark("toy", docs, examples), show_progress=False)
+    assert model.heads == [f"{h.hookpoint}/{h.head}" for h in idx.heads]
+    assert model.info["gold_units"] == 3 and model.info["units"] == 3 * 9  # 9 sentences
+    # BM25 separates the gold sentences here, so the fit must weight it positively
+    assert model.bm25_weight > 0
+    with pytest.raises(ValueError, match="calibrate-fusion"):
+        idx.search("Where was Marie Curie born?", k=2, fusion="learned")
+    idx.fusion_model = model
+    top = idx.search("Where was Marie Curie born?", k=1, fusion="learned")[0]
+    assert top.doc_id == "curie" and top.start_char == 0
+    idx.save(tmp_path / "lf")
+    back = S3Index.load(tmp_path / "lf", model=idx.lm)
+    assert back.fusion_model == model
+    assert _key(back.search("river Brazil", k=3, fusion="learned")) == \
+        _key(idx.search("river Brazil", k=3, fusion="learned"))
+    (tmp_path / "bad.json").write_text('{"heads": ["a"], "head_weights": []}')
+    with pytest.raises(IndexFormatError, match="learned-fusion"):
+        LearnedFusion.load(tmp_path / "bad.json")
+
+
+def test_unit_scores_align_with_search(index):
+    q = "Where was Marie Curie born?"
+    us = index.unit_scores(q)
+    n = len(us["doc_id"])
+    assert us["head"].shape == (len(index.heads), n) and us["s3"].shape == (n,)
+    assert us["bm25"].shape == (n,) and us["bounds"].shape == (n, 2)
+    # the per-head rows, weighted and summed, give the same ranking scores as a plain search
+    rows = index._candidate_rows(None)
+    np.testing.assert_allclose(us["s3"], index._s3_units(q, rows, per_head=False)[1])
+    index.settings.span_tokens = 0
+    top = index.search(q, k=1, mode="s3")[0]
+    best = int(np.argmax(us["s3"]))
+    assert (top.doc_id, top.start_char, top.end_char) == \
+        (us["doc_id"][best], *map(int, us["bounds"][best]))
