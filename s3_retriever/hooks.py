@@ -91,6 +91,10 @@ class _StopForward(Exception):
     """Raised inside a hook once every needed vector is captured."""
 
 
+class _AmbiguousLayout(Exception):
+    """A 4-D per-head norm output whose token and head axes have the same size."""
+
+
 @dataclass
 class QKCapture:
     """Captured vectors: ``keys[layer]`` is [batch, tokens, n_kv_heads, head_dim],
@@ -137,6 +141,7 @@ class QKHooks:
         self.want = [s for s, on in (("k", keys), ("q", queries)) if on]
         self.stop_early = stop_early
         self._handles: list[Any] = []
+        self._tokens = -1
         self.capture = QKCapture()
 
     def _make_hook(self, layer: int, kind: str, n: int):
@@ -144,6 +149,8 @@ class QKHooks:
 
         def hook(_mod, _inp, out):
             out = out[0] if isinstance(out, tuple) else out
+            if out.dim() == 4 and self._head_major(kind, out, n):
+                out = out.transpose(1, 2)  # [B, H, T, D] (e.g. Gemma 3) -> [B, T, H, D]
             store = self.capture.keys if kind == "k" else self.capture.queries
             store[layer] = out.detach().reshape(*out.shape[:2], n, self.spec.head_dim)
             if self.stop_early and layer == last and all(
@@ -151,6 +158,24 @@ class QKHooks:
                     for s in self.want):
                 raise _StopForward
         return hook
+
+    def _head_major(self, kind: str, out: torch.Tensor, n: int) -> bool:
+        """Whether a 4-D norm output is [B, H, T, D] rather than [B, T, H, D]: models apply
+        the per-head q/k norm before (Qwen3) or after (Gemma 3) moving heads first. Learnt
+        from the shapes, and remembered per model for calls where T == H."""
+        known = getattr(self.model, "_s3_head_major", {})
+        t = self._tokens
+        if out.shape[1] == t and out.shape[2] == n and t != n:
+            major = False
+        elif out.shape[1] == n and out.shape[2] == t and t != n:
+            major = True
+        elif kind in known:
+            return known[kind]
+        else:
+            raise _AmbiguousLayout
+        known[kind] = major
+        self.model._s3_head_major = known
+        return major
 
     def __enter__(self) -> QKHooks:
         layers = decoder_layers(self.model)
@@ -177,11 +202,18 @@ class QKHooks:
     def run(self, **inputs: Any) -> QKCapture:
         """Run the model on ``inputs`` (no grad, no KV cache) and return the capture."""
         self.capture = QKCapture()
+        ref = inputs.get("input_ids", inputs.get("inputs_embeds"))
+        self._tokens = int(ref.shape[1]) if ref is not None else -1
         with torch.inference_mode():
             try:
                 self.model(**inputs, use_cache=False)
             except _StopForward:
                 pass
+            except _AmbiguousLayout:
+                # as many tokens as heads: learn the layout from one more token, then rerun
+                ids = inputs["input_ids"]
+                self.run(input_ids=torch.cat([ids[:, :1], ids], dim=1))
+                return self.run(**inputs)
         missing = [i for i in self.layers for s in self.want
                    if i not in (self.capture.keys if s == "k" else self.capture.queries)]
         if missing:

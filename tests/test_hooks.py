@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 from s3_retriever.hooks import QKHooks, attention_spec, capture_qk, decoder_layers
 
@@ -28,6 +35,19 @@ def tiny_qwen3() -> Qwen3ForCausalLM:
     return model
 
 
+def tiny_gemma3() -> Gemma3ForCausalLM:
+    """Gemma 3 applies its per-head q/k norms after moving the head axis first."""
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=128, hidden_size=48, intermediate_size=96,
+                           num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1,
+                           head_dim=16, sliding_window=8)
+    model = Gemma3ForCausalLM(cfg).eval()
+    for layer in model.model.layers:
+        layer.self_attn.k_norm.weight.data.uniform_(0.5, 1.5)
+        layer.self_attn.q_norm.weight.data.uniform_(0.5, 1.5)
+    return model
+
+
 def by_hand(model, ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys/queries of ``layer`` recomputed from the layer's input hidden state."""
     spec = attention_spec(model)
@@ -43,10 +63,12 @@ def by_hand(model, ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.T
     return k, q
 
 
-@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen3])
-def test_captured_equals_recomputed(make):
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen3, tiny_gemma3])
+@pytest.mark.parametrize("n_tokens", [11, 4, 1])
+def test_captured_equals_recomputed(make, n_tokens):
+    # 4 and 1 tokens: as many tokens as query / kv heads for Gemma, whose layout is ambiguous
     model = make()
-    ids = torch.randint(0, 128, (2, 11))
+    ids = torch.randint(0, 128, (2, n_tokens))
     cap = capture_qk(model, ids, layers=[1, 3], queries=True)
     for layer in (1, 3):
         k, q = by_hand(model, ids, layer)
