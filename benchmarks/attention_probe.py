@@ -209,13 +209,16 @@ def main(argv=None):
     ap.add_argument("--budgets", type=int, nargs="+", default=[256, 512, 1024])
     ap.add_argument("--generic-tokens", type=int, default=60000)
     ap.add_argument("--pq-m", type=int, nargs="+", default=[8, 16])
+    ap.add_argument("--model", default="smollm2-135m", help="model name or .gguf path")
+    ap.add_argument("--saes", default=None, help="SAE folder with heads.json (default: shipped)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     t0 = time.time()
-    lm = load_model("smollm2-135m")
-    folder = shipped_sae_dir("smollm2-135m")
+    lm = load_model(a.model)
+    folder = Path(a.saes) if a.saes else shipped_sae_dir(a.model)
     saes = load_saes(folder)
-    heads = [(hp, int(h)) for hp, h, *_ in json.loads((folder / "heads.json").read_text())["heads"]]
+    heads = [(hp, int(h)) for hp, h, *_ in
+             json.loads((folder / "heads.json").read_text())["heads"]]
     spec = lm.spec
     layers = sorted({hp_layer(hp) for hp, _ in heads})
     generic = collect_qk(lm, generic_corpus(), layers, max_tokens=a.generic_tokens)
