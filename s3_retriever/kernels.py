@@ -1,15 +1,37 @@
 """Top-k sparse encoding: the hot loop of the scan.
 
 Every key vector of every indexed token goes through :func:`topk_encode`, so this module is
-the single place to optimise (a faiss / Triton path can be added here later without touching
-callers). :func:`naive_topk_encode` is the unblocked reference used by the tests.
+the single place to optimise. One contract for every path: the top-``k`` of
+``relu(x @ W_enc + b_enc)`` per row, as float32 activations sorted descending and int64
+latent ids. The paths (``METHODS``; benchmarked in ``benchmarks/perf_kernels.py``):
+
+* ``"topk"`` -- row blocks of ``addmm`` then ``torch.topk(sorted=True)``. Exact. The CPU
+  default (the fastest exact path measured at 2,048-65,536 latents on the recorded machine).
+* ``"partial"`` -- the same matmul, an unsorted ``topk`` (partial selection), then a sort
+  of the ``k`` survivors by (activation desc, id asc). Exact, deterministic tie order.
+* ``"rerank"`` -- candidates from a bf16 matmul (``k + margin`` per row), re-scored exactly
+  in the input dtype, top ``k`` of those. Exact unless a true top-``k`` latent falls outside
+  the bf16 top ``k + margin`` (never seen in the tests; ``benchmarks/perf_kernels.py`` and
+  ``benchmarks/gpu_check.py`` report the agreement). The CUDA default: the big matmul
+  runs on bf16 tensor cores, the re-scoring is ``k + margin`` dot products per row.
+* ``"bf16"`` -- the matmul and the selection in bf16. Approximate (ids differ where bf16
+  rounding reorders near-ties; the benchmark reports recall@k against ``"topk"``).
+* :class:`FaissTopK` -- a faiss inner-product search over the encoder rows augmented with
+  the bias (``[W_enc; b_enc]`` against ``[x, 1]``): exact with a flat index, approximate
+  (recall reported) with an IVF index; meant for large dictionaries, built once per SAE.
+
+:func:`naive_topk_encode` is the unblocked reference used by the tests.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-__all__ = ["naive_topk_encode", "topk_encode"]
+__all__ = ["METHODS", "FaissTopK", "default_method", "naive_topk_encode", "topk_encode"]
+
+METHODS = ("auto", "topk", "partial", "rerank", "bf16")
 
 
 def _check_args(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int) -> None:
@@ -25,6 +47,11 @@ def _check_args(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: in
         raise ValueError(f"k must be an int in [1, {W_enc.shape[1]}], got {k!r}")
 
 
+def _empty(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty(0, k, dtype=torch.float32, device=x.device),
+            torch.empty(0, k, dtype=torch.int64, device=x.device))
+
+
 def _encode_block(
     x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,6 +60,47 @@ def _encode_block(
     # selecting before the ReLU also orders ties at zero by pre-activation, deterministically.
     vals, ids = torch.topk(pre, k, dim=1, largest=True, sorted=True)
     return vals.clamp_min_(0).float(), ids
+
+
+def _sort_codes(vals: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of (vals, ids) sorted by value descending, ties by id ascending."""
+    ids, order = torch.sort(ids, dim=1)
+    vals = vals.gather(1, order)
+    vals, order = torch.sort(vals, dim=1, descending=True, stable=True)
+    return vals, ids.gather(1, order)
+
+
+def _encode_block_partial(
+    x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    pre = torch.addmm(b_enc, x, W_enc)
+    vals, ids = torch.topk(pre, k, dim=1, largest=True, sorted=False)
+    vals, ids = _sort_codes(vals, ids)
+    return vals.clamp_min_(0).float(), ids
+
+
+def _rescore(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
+             cand: torch.Tensor) -> torch.Tensor:
+    """Exact pre-activations of the candidate latents: ``[n, m]`` from ``cand`` ``[n, m]``."""
+    w = W_enc.t()[cand]  # [n, m, d]
+    return torch.bmm(w, x.unsqueeze(-1)).squeeze(-1) + b_enc[cand]
+
+
+def _encode_block_rerank(
+    x: torch.Tensor, W_bf16: torch.Tensor, b_bf16: torch.Tensor, W_enc: torch.Tensor,
+    b_enc: torch.Tensor, k: int, margin: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    m = min(W_enc.shape[1], k + margin)
+    approx = torch.addmm(b_bf16, x.to(torch.bfloat16), W_bf16)
+    cand = torch.topk(approx, m, dim=1, largest=True, sorted=False).indices
+    exact = _rescore(x, W_enc, b_enc, cand)
+    vals, pos = torch.topk(exact, k, dim=1, largest=True, sorted=True)
+    return vals.clamp_min_(0).float(), cand.gather(1, pos)
+
+
+def default_method(device: torch.device | str) -> str:
+    """The path ``method="auto"`` takes: ``"rerank"`` on CUDA, ``"topk"`` elsewhere."""
+    return "rerank" if torch.device(device).type == "cuda" else "topk"
 
 
 def naive_topk_encode(
@@ -52,10 +120,7 @@ def naive_topk_encode(
     W_enc = W_enc.to(device=x.device, dtype=x.dtype)
     b_enc = b_enc.to(device=x.device, dtype=x.dtype)
     if x.shape[0] == 0:
-        return (
-            torch.empty(0, k, dtype=torch.float32, device=x.device),
-            torch.empty(0, k, dtype=torch.int64, device=x.device),
-        )
+        return _empty(x, k)
     return _encode_block(x, W_enc, b_enc, k)
 
 
@@ -66,6 +131,8 @@ def topk_encode(
     k: int,
     *,
     block_size: int = 16384,
+    method: str = "auto",
+    margin: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``relu(x @ W_enc + b_enc)`` per row, computed in row blocks.
 
@@ -76,6 +143,9 @@ def topk_encode(
         b_enc: ``[D]`` encoder bias.
         k: number of latents kept per row, ``1 <= k <= D``.
         block_size: rows per block; peak extra memory is O(block_size * D).
+        method: one of ``METHODS`` (see the module docstring); ``"auto"`` is
+            :func:`default_method` of ``x``'s device.
+        margin: extra bf16 candidates per row for ``"rerank"`` (default ``k``).
 
     Returns:
         ``(acts, ids)``: float32 ``[n, k]`` post-ReLU activations (zeros where fewer than
@@ -87,20 +157,106 @@ def topk_encode(
     >>> acts, ids = topk_encode(x, W, torch.zeros(3), 2, block_size=1)
     >>> acts.tolist(), ids.tolist()
     ([[2.0, 1.0], [2.0, 0.0]], [[2, 0], [1, 0]])
+    >>> topk_encode(x, W, torch.zeros(3), 2, method="partial")[1].tolist()
+    [[2, 0], [1, 0]]
     """
     _check_args(x, W_enc, b_enc, k)
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        method = default_method(x.device)
+    margin = k if margin is None else int(margin)
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if method == "bf16":
+        x = x.to(torch.bfloat16)
     W_enc = W_enc.to(device=x.device, dtype=x.dtype)
     b_enc = b_enc.to(device=x.device, dtype=x.dtype)
     n = x.shape[0]
+    if n == 0:
+        return _empty(x, k)
+    if method == "rerank":
+        W_bf16, b_bf16 = W_enc.to(torch.bfloat16), b_enc.to(torch.bfloat16)
+
+        def block(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return _encode_block_rerank(xb, W_bf16, b_bf16, W_enc, b_enc, k, margin)
+    elif method == "partial":
+        def block(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return _encode_block_partial(xb, W_enc, b_enc, k)
+    else:
+        def block(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return _encode_block(xb, W_enc, b_enc, k)
     if n <= block_size:
-        return naive_topk_encode(x, W_enc, b_enc, k)
+        return block(x)
     acts = torch.empty(n, k, dtype=torch.float32, device=x.device)
     ids = torch.empty(n, k, dtype=torch.int64, device=x.device)
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
-        a, i = _encode_block(x[start:stop], W_enc, b_enc, k)
+        a, i = block(x[start:stop])
         acts[start:stop] = a
         ids[start:stop] = i
     return acts, ids
+
+
+class FaissTopK:
+    """Top-k encode as a faiss maximum-inner-product search over the encoder rows.
+
+    ``x @ W_enc + b_enc`` equals ``[x, 1] . [W_enc; b_enc]`` per latent, so the top-k
+    latents of a row are its ``k`` nearest encoder rows by inner product. A flat index
+    (``nlist=None``) is exact (up to float rounding of the inner products); an IVF index
+    (``nlist`` clusters, ``nprobe`` searched) is approximate: use it only for very large
+    dictionaries, with its recall measured (``benchmarks/perf_kernels.py``).
+
+    Args:
+        W_enc: ``[d, D]`` encoder weights; b_enc: ``[D]`` bias (float32 copies are kept).
+        nlist, nprobe: IVF parameters (None: flat, exact).
+
+    Example:
+        >>> W = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]])
+        >>> acts, ids = FaissTopK(W, torch.zeros(3))(torch.tensor([[1.0, -1.0]]), 2)
+        >>> acts.tolist(), ids.tolist()
+        ([[2.0, 1.0]], [[2, 0]])
+    """
+
+    def __init__(self, W_enc: torch.Tensor, b_enc: torch.Tensor, *, nlist: int | None = None,
+                 nprobe: int = 8):
+        import faiss
+        import numpy as np
+
+        rows = torch.cat([W_enc.detach().float().cpu(), b_enc.detach().float().cpu()[None]])
+        base = np.ascontiguousarray(rows.t().numpy(), dtype=np.float32)  # [D, d + 1]
+        self.num_latents, self.dim = base.shape
+        self.index: Any
+        if nlist is None:
+            self.index = faiss.IndexFlatIP(self.dim)
+        else:
+            quantizer = faiss.IndexFlatIP(self.dim)
+            self.index = faiss.IndexIVFFlat(quantizer, self.dim, int(nlist),
+                                            faiss.METRIC_INNER_PRODUCT)
+            self.index.train(base)
+            self.index.nprobe = int(nprobe)
+        self.index.add(base)
+        self.exact = nlist is None
+
+    def __call__(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(acts float32 [n, k], ids int64 [n, k])`` of ``x`` ``[n, d]``, as topk_encode."""
+        import numpy as np
+
+        if x.dim() != 2 or x.shape[1] + 1 != self.dim:
+            raise ValueError(f"x must be [n, {self.dim - 1}], got {tuple(x.shape)}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= self.num_latents:
+            raise ValueError(f"k must be an int in [1, {self.num_latents}], got {k!r}")
+        q = np.empty((x.shape[0], self.dim), dtype=np.float32)
+        q[:, :-1] = x.detach().float().cpu().numpy()
+        q[:, -1] = 1.0
+        vals, ids = self.index.search(q, k)
+        acts = torch.from_numpy(vals).clamp_min_(0)
+        ids_t = torch.from_numpy(ids.astype(np.int64))
+        # An IVF search may find fewer than k latents; pad with id 0 / activation 0.
+        missing = ids_t < 0
+        if missing.any():
+            ids_t[missing] = 0
+            acts[missing] = 0.0
+        return acts, ids_t

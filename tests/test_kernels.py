@@ -86,3 +86,93 @@ def test_bad_shapes():
         topk_encode(x[0], W, b, 2)
     with pytest.raises(ValueError, match="block_size"):
         topk_encode(x, W, b, 2, block_size=0)
+
+
+# -- the alternative paths ------------------------------------------------------------------
+
+EXACT = ["topk", "partial", "rerank"]
+
+
+@pytest.mark.parametrize("method", EXACT)
+@pytest.mark.parametrize("n,block", [(103, 16), (64, 1000)])
+def test_exact_methods_match_naive(method, n, block):
+    x, W, b = _inputs(n, d=32, D=512, seed=3)
+    a1, i1 = topk_encode(x, W, b, 16, block_size=block, method=method)
+    a2, i2 = naive_topk_encode(x, W, b, 16)
+    assert a1.dtype == torch.float32 and i1.dtype == torch.int64
+    assert torch.equal(i1, i2)  # continuous random data: no ties, so the order is unique
+    torch.testing.assert_close(a1, a2)
+
+
+def test_partial_breaks_ties_by_id():
+    x = torch.ones(3, 2)
+    W = torch.tensor([[1.0, 2.0, 1.0, 2.0, 0.5], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    acts, ids = topk_encode(x, W, torch.zeros(5), 4, method="partial")
+    assert ids.tolist() == [[1, 3, 0, 2]] * 3
+    assert acts.tolist() == [[2.0, 2.0, 1.0, 1.0]] * 3
+    # every exact path returns the same set of ids and the same values on ties
+    for method in EXACT:
+        a, i = topk_encode(x, W, torch.zeros(5), 4, method=method)
+        assert [sorted(r) for r in i.tolist()] == [[0, 1, 2, 3]] * 3
+        assert a.tolist() == [[2.0, 2.0, 1.0, 1.0]] * 3
+
+
+def test_rerank_margin_covers_the_whole_dictionary():
+    x, W, b = _inputs(20, D=16)
+    a1, i1 = topk_encode(x, W, b, 16, method="rerank", margin=100)  # k == D
+    a2, i2 = naive_topk_encode(x, W, b, 16)
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(a1, a2)
+    a3, i3 = topk_encode(x, W, b, 4, method="rerank", margin=0)
+    assert a3.shape == i3.shape == (20, 4)
+
+
+def test_bf16_method_is_close():
+    x, W, b = _inputs(200, d=32, D=512, seed=5)
+    acts, ids = topk_encode(x, W, b, 16, method="bf16")
+    assert acts.dtype == torch.float32 and ids.shape == (200, 16)
+    ref = naive_topk_encode(x, W, b, 16)[1]
+    recall = sum(len(set(a) & set(r)) for a, r in zip(ids.tolist(), ref.tolist())) / ref.numel()
+    assert recall > 0.9
+
+
+def test_faiss_flat_matches_naive():
+    from s3_retriever.kernels import FaissTopK
+
+    x, W, b = _inputs(150, d=32, D=512, seed=6)
+    acts, ids = FaissTopK(W, b)(x, 16)
+    ref_acts, ref_ids = naive_topk_encode(x, W, b, 16)
+    assert torch.equal(ids, ref_ids)
+    torch.testing.assert_close(acts, ref_acts, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="x must be"):
+        FaissTopK(W, b)(x[:, :5], 4)
+
+
+def test_faiss_ivf_with_every_list_probed_is_exact():
+    from s3_retriever.kernels import FaissTopK
+
+    x, W, b = _inputs(60, d=16, D=256, seed=7)
+    enc = FaissTopK(W, b, nlist=8, nprobe=8)
+    assert not enc.exact
+    ids = enc(x, 8)[1]
+    assert torch.equal(ids, naive_topk_encode(x, W, b, 8)[1])
+
+
+def test_bad_method_and_margin():
+    x, W, b = _inputs(4)
+    with pytest.raises(ValueError, match="method"):
+        topk_encode(x, W, b, 2, method="magic")
+    with pytest.raises(ValueError, match="margin"):
+        topk_encode(x, W, b, 2, method="rerank", margin=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["auto", "topk", "partial", "rerank"])
+def test_cuda_matches_cpu(method):
+    x, W, b = _inputs(4096, d=64, D=2048, seed=8)
+    ref_acts, ref_ids = naive_topk_encode(x, W, b, 16)
+    acts, ids = topk_encode(x.cuda(), W.cuda(), b.cuda(), 16, method=method)
+    assert ids.is_cuda and acts.is_cuda
+    agree = (ids.cpu() == ref_ids).all(dim=1).float().mean().item()
+    assert agree > 0.999
+    torch.testing.assert_close(acts.cpu(), ref_acts, atol=1e-3, rtol=1e-3)
