@@ -176,6 +176,22 @@ def _match(meta: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
     return True
 
 
+def _contiguous(ranges: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``(segment, start, end)`` token ranges with consecutive touching ones merged."""
+    out: list[tuple[int, int, int]] = []
+    for seg, s, e in ranges:
+        if out and out[-1][0] == seg and out[-1][2] == s:
+            out[-1] = (seg, out[-1][1], e)
+        else:
+            out.append((seg, s, e))
+    return out
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)``, but a single part is returned as is (a view, no copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 class S3Index:
     """A retriever over documents scanned once by a causal LM (see the module docstring).
 
@@ -475,16 +491,16 @@ class S3Index:
             for name in self.scanner.names:
                 k = self.saes[name.rsplit(".", 1)[0]].cfg.k
                 parts_i, parts_a, parts_b = [], [], []
-                for seg, s, e in spans:
+                for seg, s, e in _contiguous(spans):
                     segment = self.index.segments[seg]
-                    fi, fa = segment.postings[name].to_codes(k)
+                    fi, fa = segment.postings[name].to_codes(k, compact=True)
                     parts_i.append(fi[s:e])
                     parts_a.append(fa[s:e])
                     if name in segment.bias:
                         parts_b.append(segment.bias[name][s:e])
-                codes[name] = (np.concatenate(parts_i), np.concatenate(parts_a))
+                codes[name] = (_join(parts_i), _join(parts_a))
                 if parts_b:
-                    bias[name] = np.concatenate(parts_b)
+                    bias[name] = _join(parts_b)
             flat = attention_scores(queries, codes, self.saes, self.heads, bias,
                                     per_head=per_head)
         else:

@@ -203,7 +203,7 @@ class Postings:
             acts = np.minimum(acts, _F16_MAX)  # clip instead of overflowing to inf
         self.acts = _readonly(acts, np.float16, copy=True)
         self.n_tokens = int(n_tokens)
-        self._codes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._codes: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
         problem = _postings_problem(self.indptr, self.positions, self.acts, self.n_tokens, check)
         if problem is not None:
             raise ValueError(f"{problem[0]}: {problem[1]}")
@@ -327,39 +327,62 @@ class Postings:
         which = np.repeat(np.arange(len(f), dtype=np.int64), lens)
         return (self.positions[idx].astype(np.int64), self.acts[idx].astype(np.float32), which)
 
-    def to_codes(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def to_codes(self, k: int, *, compact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The forward view: per position, its (at most ``k``) features by activation, desc.
 
         Returns ``(ids int64 [n_tokens, k], acts float32 [n_tokens, k])``; missing slots
         hold id 0 with act 0; ties are broken by feature id. Cached per ``k`` (read-only
-        arrays, ``n_tokens * k * 12`` bytes).
+        arrays, ``n_tokens * k * 12`` bytes). With ``compact``, the same values as uint16
+        ids (int32 beyond 65,536 latents) and float16 acts, ``n_tokens * k * 4`` bytes,
+        cached separately: what the query path keeps in memory.
 
         Example:
             >>> p = Postings.from_codes(np.array([[2, 0]]), np.array([[1.0, 3.0]]), 3)
             >>> p.to_codes(3)[0].tolist()
             [[0, 2, 0]]
+            >>> [a.dtype.name for a in p.to_codes(3, compact=True)]
+            ['uint16', 'float16']
         """
         if not _is_int(k) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
-        if k in self._codes:
-            return self._codes[k]
+        key = (k, bool(compact))
+        if key in self._codes:
+            return self._codes[key]
         n = self.n_tokens
-        feat = np.repeat(np.arange(self.num_latents, dtype=np.int64), np.diff(self.indptr))
-        pos = self.positions.astype(np.int64)
-        act = self.acts.astype(np.float32)
-        order = np.lexsort((feat, -act, pos))
-        feat, pos, act = feat[order], pos[order], act[order]
+        pos, feat, act = self._forward_order()
         counts = np.bincount(pos, minlength=n)
         rank = np.arange(len(pos), dtype=np.int64) - (np.cumsum(counts) - counts)[pos]
         keep = rank < k
-        out_ids = np.zeros((n, k), dtype=np.int64)
-        out_acts = np.zeros((n, k), dtype=np.float32)
+        small = self.num_latents <= 65536
+        out_ids = np.zeros((n, k), dtype=(np.uint16 if small else np.int32) if compact
+                           else np.int64)
+        out_acts = np.zeros((n, k), dtype=np.float16 if compact else np.float32)
         out_ids[pos[keep], rank[keep]] = feat[keep]
         out_acts[pos[keep], rank[keep]] = act[keep]
         out_ids.flags.writeable = False
         out_acts.flags.writeable = False
-        self._codes[k] = (out_ids, out_acts)
-        return self._codes[k]
+        self._codes[key] = (out_ids, out_acts)
+        return self._codes[key]
+
+    def _forward_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every entry as (position int64, feature int64, act float16), sorted by position,
+        then activation descending, then feature id."""
+        lens = np.diff(self.indptr)
+        if self.num_latents <= 65536:
+            # One int64-range sort key: position, then the act's float16 bit pattern
+            # (monotone for positive values) inverted, then the feature id (3x faster
+            # than a 3-key lexsort).
+            feat = np.repeat(np.arange(self.num_latents, dtype=np.uint64), lens)
+            inv = np.uint64(0xFFFF) - self.acts.view(np.uint16).astype(np.uint64)
+            skey = ((self.positions.astype(np.uint64) << np.uint64(32))
+                    | (inv << np.uint64(16)) | feat)
+            order = np.argsort(skey)
+            return (self.positions[order].astype(np.int64), feat[order].astype(np.int64),
+                    self.acts[order])
+        feat = np.repeat(np.arange(self.num_latents, dtype=np.int64), lens)
+        pos = self.positions.astype(np.int64)
+        order = np.lexsort((feat, -self.acts.astype(np.float32), pos))
+        return pos[order], feat[order], self.acts[order]
 
     def filter_tokens(self, keep: np.ndarray) -> Postings:
         """Postings of the kept tokens only, renumbered ``0..keep.sum()-1`` in order.

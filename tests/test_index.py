@@ -518,3 +518,20 @@ def test_bad_constructor_arguments() -> None:
         InvertedIndex(["h"], {"g": 8})
     with pytest.raises(ValueError, match="positive int"):
         InvertedIndex(["h"], 0)
+
+
+@pytest.mark.parametrize("num_latents", [L, 70_000])
+def test_compact_forward_view_holds_the_same_codes(num_latents: int) -> None:
+    rng = np.random.default_rng(11)
+    ids, acts = random_codes(rng, 300, num_latents=L)
+    ids = ids * (num_latents // L)  # spread over the dictionary (ids >= 65536 when large)
+    acts[:, 1] = acts[:, 0]  # equal activations: ties go to the lower feature id
+    p = Postings.from_codes(ids, acts, num_latents)
+    full_ids, full_acts = p.to_codes(K)
+    small_ids, small_acts = p.to_codes(K, compact=True)
+    assert small_ids.dtype == (np.uint16 if num_latents <= 65536 else np.int32)
+    assert small_acts.dtype == np.float16
+    np.testing.assert_array_equal(small_ids.astype(np.int64), full_ids)
+    np.testing.assert_array_equal(small_acts.astype(np.float32), full_acts)
+    assert p.to_codes(K, compact=True)[0] is small_ids  # cached apart from the full view
+    assert_postings_equal(Postings.from_codes(small_ids, small_acts, num_latents), p)
