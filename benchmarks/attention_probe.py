@@ -53,9 +53,17 @@ class Variant:
         self.name, self.encode_keys, self.qmean_exact = name, encode_keys, qmean_exact
 
 
-def build_variants(saes, generic, heads, spec, pq_m):
+def build_variants(saes, generic, heads, spec, pq_m, extra=None, ks=(16, 32)):
     variants = [Variant("exact", lambda layer, g, k: k)]
-    for kk in (16, 32):
+    for name, other in (extra or {}).items():
+        def other_fn(layer, g, k, other=other):
+            sae = other[f"layers.{layer}"]
+            with torch.no_grad():
+                acts, ids = sae.encode(k, kind="key")
+                return sae.decode(acts, ids, kind="key").float()
+        variants.append(Variant(name, other_fn))
+        variants.append(Variant(f"{name}+qmean", other_fn, qmean_exact=True))
+    for kk in ks:
         def sae_fn(layer, g, k, kk=kk):
             sae = saes[f"layers.{layer}"]
             acts, ids = sae.encode(k, kind="key") if kk == sae.cfg.k else _enc_k(sae, k, kk)
@@ -209,6 +217,10 @@ def main(argv=None):
     ap.add_argument("--budgets", type=int, nargs="+", default=[256, 512, 1024])
     ap.add_argument("--generic-tokens", type=int, default=60000)
     ap.add_argument("--pq-m", type=int, nargs="+", default=[8, 16])
+    ap.add_argument("--ks", type=int, nargs="+", default=[16, 32],
+                    help="latents kept per key when encoding with the main SAEs")
+    ap.add_argument("--extra-saes", action="append", default=[], metavar="NAME=DIR",
+                    help="also score with another SAE folder (e.g. another dictionary size)")
     ap.add_argument("--model", default="smollm2-135m", help="model name or .gguf path")
     ap.add_argument("--saes", default=None, help="SAE folder with heads.json (default: shipped)")
     ap.add_argument("--out", default=None)
@@ -227,7 +239,8 @@ def main(argv=None):
         layer = hp_layer(hp)
         qmean[(layer, h)] = generic.queries[layer].reshape(-1, spec.n_heads, spec.head_dim)[:, h] \
             .mean(0)
-    variants = build_variants(saes, generic, heads, spec, a.pq_m)
+    extra = {n: load_saes(d) for n, d in (e.split("=", 1) for e in a.extra_saes)}
+    variants = build_variants(saes, generic, heads, spec, a.pq_m, extra, a.ks)
 
     def count(text):
         return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -246,7 +259,9 @@ def main(argv=None):
     # linear mixes with BM25 (min-max), weight chosen on calibration at 512
     ones = lambda r: np.ones(len(r["bm25"]), bool)  # noqa: E731
     fits = {}
-    for v in ("exact", "sae_k16", "sae_k16+qmean", "sae_k32+qmean", f"pq{max(a.pq_m)}+qmean"):
+    names = [v.name for v in variants]
+    for v in [n for n in ("exact", "sae_k16", "sae_k16+qmean", "sae_k32+qmean",
+                          f"pq{max(a.pq_m)}+qmean") if n in names]:
         def mix(r, w, v=v):
             return w * normalize(r[v], ones(r)) + (1 - w) * normalize(r["bm25"], ones(r))
         best = max(np.arange(0.1, 1.0, 0.1),
