@@ -107,6 +107,8 @@ def cmd_train_sae(a: argparse.Namespace) -> int:
     report = train_model_saes(lm, a.layers, a.out, num_latents=a.num_latents, k=a.k,
                               texts=texts, max_tokens=a.max_tokens, steps=a.steps,
                               epochs=a.epochs, auxk_alpha=a.auxk_alpha, lr=a.lr,
+                              heads=([tuple(int(x) for x in h.split(":")) for h in a.heads]
+                                     if a.heads and a.per_head else None),
                               device=a.device, show_progress=not a.quiet)
     if a.heads:
         from s3_retriever.calibration import add_query_means
@@ -252,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query heads to score with, written to heads.json (e.g. 17:3 18:6)")
     q.add_argument("--query-mean-tokens", type=int, default=50_000,
                    help="tokens for each --heads head's mean query (0: none)")
+    q.add_argument("--per-head", action="store_true",
+                   help="train each layer's SAE only on the --heads queries and the keys of "
+                        "their kv heads (default: every head of the layer)")
     q.add_argument("--out", required=True)
     q.add_argument("--quiet", action="store_true")
     model_args(q)

@@ -3,9 +3,10 @@ layer on both streams, measure it on held-out keys and held-out queries, save it
 
 Example:
     >>> from s3_retriever.training import train_model_saes
-    >>> report = train_model_saes("smollm2-135m", [17], "my_saes",
-    ...                           max_tokens=20_000, steps=200)  # doctest: +SKIP
-    >>> sorted(report["layers.17"]["held_out"])  # doctest: +SKIP
+    >>> texts = ["Bread is made from flour, water and yeast.", "Tides follow the moon."]
+    >>> report = train_model_saes("smollm2-135m", [17], "my_saes", texts=texts,
+    ...                           num_latents=64, k=4, steps=20, show_progress=False)
+    >>> sorted(report["layers.17"]["held_out"])
     ['keys', 'queries']
 """
 
@@ -30,9 +31,14 @@ def train_model_saes(model: str | LoadedModel, layers: Sequence[int], out: str |
                      max_tokens: int = 300_000, held_out_tokens: int = 40_000,
                      steps: int | None = None, epochs: float = 2.0, auxk_alpha: float = 0.125,
                      lr: float | None = None, batch_size: int = 4096, seed: int = 0,
+                     heads: Sequence[tuple[int, int]] | None = None,
                      device: str | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Train and save one SAE per layer; returns FVU / dead / density per layer on held-out
-    keys and queries (the last 10% of the texts, never seen in training)."""
+    keys and queries (the last 10% of the texts, never seen in training).
+
+    ``heads``: ``(layer, query head)`` pairs. When given, each layer's SAE sees only the
+    queries of its listed heads and the keys of the kv heads they read (the vectors the
+    engine will score), instead of every head of the layer."""
     lm = model if isinstance(model, LoadedModel) else load_model(model, device)
     source = "user texts" if texts is not None else GENERIC_CORPUS_NOTE
     texts = list(texts) if texts is not None else generic_corpus()
@@ -45,15 +51,29 @@ def train_model_saes(model: str | LoadedModel, layers: Sequence[int], out: str |
                       show_progress=show_progress)
     saes: dict[str, TopKSAE] = {}
     report: dict[str, Any] = {}
+    spec = lm.spec
+
+    def select(qk, layer):
+        mine = sorted({h for lay, h in heads if lay == layer}) if heads else []
+        if not mine:
+            return qk.keys[layer], qk.queries[layer]
+        kv = sorted({spec.kv_group(h) for h in mine})
+        return (qk.keys[layer].reshape(-1, spec.n_kv_heads, spec.head_dim)[:, kv]
+                .reshape(-1, spec.head_dim),
+                qk.queries[layer].reshape(-1, spec.n_heads, spec.head_dim)[:, mine]
+                .reshape(-1, spec.head_dim))
+
     for layer in layers:
         hp = f"layers.{layer}"
-        sae = train_sae(train.keys[layer], train.queries[layer], num_latents=num_latents, k=k,
+        train_k, train_q = select(train, layer)
+        held_k, held_q = select(held, layer)
+        sae = train_sae(train_k, train_q, num_latents=num_latents, k=k,
                         hookpoint=hp, layer=layer, model_id=lm.model_id,
                         trained_on=f"{source}; {train.n_tokens} tokens", steps=steps,
                         epochs=epochs, auxk_alpha=auxk_alpha, lr=lr, batch_size=batch_size,
                         seed=seed, show_progress=show_progress)
-        ev = {"keys": evaluate_sae(sae, held.keys[layer], kind="key"),
-              "queries": evaluate_sae(sae, held.queries[layer], kind="query")}
+        ev = {"keys": evaluate_sae(sae, held_k, kind="key"),
+              "queries": evaluate_sae(sae, held_q, kind="query")}
         sae.cfg.train_stats["held_out"] = ev
         saes[hp] = sae
         report[hp] = {"held_out": ev, "train_tokens": train.n_tokens,

@@ -75,6 +75,17 @@ def test_train_model_saes_writes_loadable_saes(lm, tmp_path):
     assert saes["layers.1"].cfg.k == 4 and saes["layers.1"].cfg.d_in == small.spec.head_dim
 
 
+def test_per_head_training_uses_only_the_scored_heads(lm, tmp_path):
+    small = tiny_lm(lm.tokenizer)  # 4 query heads, 2 kv heads: heads 2, 3 read kv head 1
+    kw = dict(num_latents=32, k=4, texts=TEXTS * 4, steps=5, batch_size=64, show_progress=False)
+    every = train_model_saes(small, [1], tmp_path / "all", **kw)["layers.1"]["held_out"]
+    mine = train_model_saes(small, [1], tmp_path / "one", heads=[(1, 3)],
+                            **kw)["layers.1"]["held_out"]
+    # held-out vectors counted: every head (2 kv, 4 query) vs one kv head and one query head
+    assert every["keys"]["n"] == 2 * mine["keys"]["n"]
+    assert every["queries"]["n"] == 4 * mine["queries"]["n"]
+
+
 def test_wrong_sae_for_the_model(lm):
     with pytest.raises(SAEError, match="d_in"):
         S3Index(lm, tiny_saes(layers=(17,)))  # 16-dim SAEs on a 64-dim model
