@@ -2,7 +2,7 @@
 
 Example:
     >>> from s3_retriever import S3Index
-    >>> index = S3Index.from_model("smollm2-135m")  # doctest: +SKIP
+    >>> index = S3Index.from_model("smollm2-135m")
 """
 
 from s3_retriever.engine import EmptyIndexError, S3Index, S3Settings

@@ -1,10 +1,10 @@
 """Collect pre-RoPE key and query vectors of a model over texts (the SAE training data).
 
 Example:
-    >>> from s3_retriever.models import load_model  # doctest: +SKIP
-    >>> lm = load_model("smollm2-135m")  # doctest: +SKIP
-    >>> acts = collect_qk(lm, ["Paris is the capital of France."], layers=[17])  # doctest: +SKIP
-    >>> acts.keys[17].shape[1:], acts.queries[17].shape[1:]  # doctest: +SKIP
+    >>> from s3_retriever.models import load_model
+    >>> lm = load_model("smollm2-135m")
+    >>> acts = collect_qk(lm, ["Paris is the capital of France."], layers=[17])
+    >>> acts.keys[17].shape[1:], acts.queries[17].shape[1:]
     (torch.Size([64]), torch.Size([64]))
 """
 

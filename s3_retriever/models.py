@@ -8,8 +8,8 @@ that copy in a few seconds.
 
 Example:
     >>> from s3_retriever.models import load_model
-    >>> lm = load_model("smollm2-135m")  # doctest: +SKIP
-    >>> lm.spec.n_layers, lm.spec.n_heads, lm.spec.n_kv_heads, lm.spec.head_dim  # doctest: +SKIP
+    >>> lm = load_model("smollm2-135m")
+    >>> lm.spec.n_layers, lm.spec.n_heads, lm.spec.n_kv_heads, lm.spec.head_dim
     (30, 9, 3, 64)
 """
 
@@ -299,8 +299,8 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
         ModelLoadError: unknown name, missing model package, unreachable Hub.
 
     Example:
-        >>> lm = load_model("smollm2-135m", dtype="fp32")  # doctest: +SKIP
-        >>> lm.model_id  # doctest: +SKIP
+        >>> lm = load_model("smollm2-135m", dtype="fp32")
+        >>> lm.model_id
         'smollm2-135m'
     """
     if not isinstance(name_or_path, (str, os.PathLike)):

@@ -6,10 +6,10 @@ Share the retriever's model with :meth:`ChatS3.from_index` to load it only once.
 
 Example:
     >>> from langchain_s3 import ChatS3, S3Retriever
-    >>> retriever = S3Retriever.from_texts(["The secret code word is Zanzibar."])  # doctest: +SKIP
-    >>> llm = ChatS3.from_index(retriever, max_new_tokens=16)  # doctest: +SKIP
-    >>> llm.invoke("Say hello.").content  # doctest: +SKIP
-    'Hello! How can I help you today?'
+    >>> retriever = S3Retriever.from_texts(["The secret code word is Zanzibar."])
+    >>> llm = ChatS3.from_index(retriever, max_new_tokens=16)
+    >>> llm.invoke("What is the capital of France?").content
+    'The capital of France is Paris.'
 """
 
 from __future__ import annotations
@@ -96,10 +96,10 @@ class ChatS3(BaseChatModel):
             (``llm.invoke(msgs, max_new_tokens=8)``).
 
     Example:
-        >>> llm = ChatS3(model="smollm2-135m", max_new_tokens=16)  # doctest: +SKIP
-        >>> llm.invoke([("system", "Answer in one word."),
-        ...             ("human", "What colour is the sky?")]).content  # doctest: +SKIP
-        'Blue.'
+        >>> llm = ChatS3(model="smollm2-135m", max_new_tokens=16)
+        >>> llm.invoke([("system", "Answer with one word."),
+        ...             ("human", "What colour is grass?")]).content
+        'The answer to this classic question is "green."'
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid",
@@ -132,8 +132,10 @@ class ChatS3(BaseChatModel):
         ``S3Retriever`` (anything with an ``index`` attribute holding one).
 
         Example:
-            >>> llm = ChatS3.from_index(retriever, max_new_tokens=32)  # doctest: +SKIP
-            >>> llm.lm is retriever.index.lm  # doctest: +SKIP
+            >>> from langchain_s3 import S3Retriever
+            >>> retriever = S3Retriever.from_texts(["The secret code word is Zanzibar."])
+            >>> llm = ChatS3.from_index(retriever, max_new_tokens=32)
+            >>> llm.lm is retriever.index.lm
             True
         """
         if not isinstance(index, S3Index):

@@ -10,10 +10,10 @@ Example:
     >>> from langchain_s3 import S3Retriever
     >>> retriever = S3Retriever.from_texts(
     ...     ["Marie Curie was born in Warsaw. She won two Nobel Prizes."],
-    ...     metadatas=[{"source": "wiki"}], ids=["curie"], k=2)  # doctest: +SKIP
-    >>> docs = retriever.invoke("Where was Marie Curie born?", k=1)  # doctest: +SKIP
-    >>> docs[0].page_content, docs[0].metadata["doc_id"]  # doctest: +SKIP
-    ('Marie Curie was born in Warsaw.', 'curie')
+    ...     metadatas=[{"source": "wiki"}], ids=["curie"], k=2)
+    >>> docs = retriever.invoke("Where was Marie Curie born?", k=1)
+    >>> docs[0].page_content, docs[0].metadata["doc_id"]
+    ('Marie Curie was born in Warsaw. She won two Nobel Prizes.', 'curie')
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ class S3Retriever(BaseRetriever):
 
     Example:
         >>> retriever = S3Retriever.from_texts(["The secret code word is Zanzibar."],
-        ...                                    k=1)  # doctest: +SKIP
-        >>> retriever.invoke("What is the code word?")[0].page_content  # doctest: +SKIP
+        ...                                    k=1)
+        >>> retriever.invoke("What is the code word?")[0].page_content
         'The secret code word is Zanzibar.'
     """
 
@@ -140,7 +140,7 @@ class S3Retriever(BaseRetriever):
 
         Example:
             >>> r = S3Retriever.from_model("smollm2-135m", texts=["Bach lived in Leipzig."],
-            ...                            k=2, span_tokens=64)  # doctest: +SKIP
+            ...                            k=2, span_tokens=64)
         """
         settings = {n: kwargs.pop(n) for n in list(kwargs) if n in _SETTINGS_FIELDS}
         unknown = sorted(set(kwargs) - set(cls.model_fields) | ({"index"} & set(kwargs)))
@@ -167,7 +167,7 @@ class S3Retriever(BaseRetriever):
 
         Example:
             >>> r = S3Retriever.from_texts(["Bach lived in Leipzig."], ids=["bach"],
-            ...                            metadatas=[{"topic": "music"}])  # doctest: +SKIP
+            ...                            metadatas=[{"topic": "music"}])
         """
         return cls.from_model(model, texts=texts, metadatas=metadatas, ids=ids, **kwargs)
 
@@ -179,7 +179,7 @@ class S3Retriever(BaseRetriever):
         Example:
             >>> from langchain_core.documents import Document
             >>> r = S3Retriever.from_documents(
-            ...     [Document("Bach lived in Leipzig.", id="bach")])  # doctest: +SKIP
+            ...     [Document("Bach lived in Leipzig.", id="bach")])
         """
         return cls.from_model(model, documents=documents, **kwargs)
 
@@ -189,7 +189,7 @@ class S3Retriever(BaseRetriever):
 
         Example:
             >>> from s3_retriever import S3Index
-            >>> r = S3Retriever.from_index(S3Index.load("book.s3"), k=3)  # doctest: +SKIP
+            >>> r = S3Retriever.from_index(S3Index.from_model("smollm2-135m"), k=3)
         """
         return cls(index=index, **kwargs)
 
@@ -210,7 +210,11 @@ class S3Retriever(BaseRetriever):
             s3_retriever.IndexFormatError: a corrupt index or a different model.
 
         Example:
-            >>> r = S3Retriever.load("book.s3", k=3)  # doctest: +SKIP
+            >>> S3Retriever.from_texts(["Bach lived in Leipzig."]).save("book.s3")
+            PosixPath('book.s3')
+            >>> r = S3Retriever.load("book.s3", k=3)
+            >>> r.invoke("Where did Bach live?")[0].page_content
+            'Bach lived in Leipzig.'
         """
         return cls(index=S3Index.load(path, model=model, device=device, dtype=dtype), **kwargs)
 
@@ -221,7 +225,8 @@ class S3Retriever(BaseRetriever):
         """Scan and index ``texts``; returns their ids (see :meth:`S3Index.add_texts`).
 
         Example:
-            >>> retriever.add_texts(["Bach lived in Leipzig."], ids=["bach"])  # doctest: +SKIP
+            >>> retriever = S3Retriever.from_texts(["Marie Curie was born in Warsaw."])
+            >>> retriever.add_texts(["Bach lived in Leipzig."], ids=["bach"])
             ['bach']
         """
         return self.index.add_texts(texts, metadatas, ids, show_progress=show_progress)
@@ -233,9 +238,10 @@ class S3Retriever(BaseRetriever):
 
         Example:
             >>> from langchain_core.documents import Document
+            >>> retriever = S3Retriever.from_texts(["Marie Curie was born in Warsaw."])
             >>> retriever.add_documents([Document("Bach lived in Leipzig.",
             ...                                   metadata={"topic": "music"})],
-            ...                         ids=["bach"])  # doctest: +SKIP
+            ...                         ids=["bach"])
             ['bach']
         """
         documents = list(documents)
@@ -250,7 +256,10 @@ class S3Retriever(BaseRetriever):
         """Remove documents by id; an unknown id raises ``KeyError`` and deletes nothing.
 
         Example:
-            >>> retriever.delete(["bach"])  # doctest: +SKIP
+            >>> retriever = S3Retriever.from_texts(["Bach lived in Leipzig."], ids=["bach"])
+            >>> retriever.delete(["bach"])
+            >>> len(retriever.index)
+            0
         """
         self.index.delete(ids)
 
@@ -261,7 +270,8 @@ class S3Retriever(BaseRetriever):
         ``filter`` are given again to :meth:`load`.
 
         Example:
-            >>> retriever.save("notes.s3")  # doctest: +SKIP
+            >>> retriever = S3Retriever.from_texts(["Marie Curie was born in Warsaw."])
+            >>> retriever.save("notes.s3")
             PosixPath('notes.s3')
         """
         return self.index.save(path)

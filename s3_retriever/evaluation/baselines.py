@@ -270,7 +270,7 @@ def minilm_model_dir() -> Path:
         ImportError: the wheel is not installed (the message names the pip command).
 
     Example:
-        >>> (minilm_model_dir() / "config.json").is_file()  # doctest: +SKIP
+        >>> (minilm_model_dir() / "config.json").is_file()
         True
     """
     spec = importlib.util.find_spec(MINILM_PACKAGE)
@@ -299,8 +299,8 @@ class DenseRetriever(_PassageRetriever):
         show_progress: a tqdm bar while encoding the passages.
 
     Example:
-        >>> ps = [Passage("a", 0, 20, "The cat sat on a mat", 6)]  # doctest: +SKIP
-        >>> DenseRetriever(ps, show_progress=False).retrieve("feline")[0].doc_id  # doctest: +SKIP
+        >>> ps = [Passage("a", 0, 20, "The cat sat on a mat", 6)]
+        >>> DenseRetriever(ps, show_progress=False).retrieve("feline")[0].doc_id
         'a'
     """
 

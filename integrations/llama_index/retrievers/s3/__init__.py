@@ -4,12 +4,12 @@ Example:
     >>> from llama_index.core import Document
     >>> from llama_index.core.query_engine import RetrieverQueryEngine
     >>> from llama_index.retrievers.s3 import S3LocalLLM, S3Retriever
-    >>> retriever = S3Retriever.from_defaults(  # doctest: +SKIP
+    >>> retriever = S3Retriever.from_defaults(
     ...     documents=[Document(text="The secret code word is Zanzibar.")])
-    >>> engine = RetrieverQueryEngine.from_args(  # doctest: +SKIP
+    >>> engine = RetrieverQueryEngine.from_args(
     ...     retriever, llm=S3LocalLLM(retriever.index.lm))
-    >>> print(engine.query("What is the secret code word?"))  # doctest: +SKIP
-    Zanzibar
+    >>> print(engine.query("What is the secret code word?"))
+    The secret code word is Zanzibar.
 """
 
 from llama_index.retrievers.s3.base import S3Retriever, span_to_node, to_engine_filters

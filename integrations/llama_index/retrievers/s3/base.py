@@ -8,15 +8,16 @@ the document.
 Example:
     >>> from llama_index.core import Document
     >>> from llama_index.retrievers.s3 import S3Retriever
-    >>> retriever = S3Retriever.from_defaults(  # doctest: +SKIP
+    >>> retriever = S3Retriever.from_defaults(
     ...     documents=[Document(text="Marie Curie was born in Warsaw.", id_="curie",
     ...                         metadata={"topic": "science"})],
     ...     similarity_top_k=2)
-    >>> hit = retriever.retrieve("Where was Marie Curie born?")[0]  # doctest: +SKIP
-    >>> hit.node.node_id, hit.node.text  # doctest: +SKIP
+    >>> hit = retriever.retrieve("Where was Marie Curie born?")[0]
+    >>> hit.node.node_id, hit.node.text
     ('curie:0-31', 'Marie Curie was born in Warsaw.')
-    >>> retriever.persist("./curie_s3")  # doctest: +SKIP
-    >>> S3Retriever.from_persist_dir("./curie_s3").similarity_top_k  # doctest: +SKIP
+    >>> retriever.persist("./curie_s3")
+    PosixPath('curie_s3')
+    >>> S3Retriever.from_persist_dir("./curie_s3").similarity_top_k
     2
 """
 
@@ -217,10 +218,10 @@ class S3Retriever(BaseRetriever):
 
     Example:
         >>> from llama_index.core.schema import TextNode
-        >>> r = S3Retriever.from_defaults(  # doctest: +SKIP
+        >>> r = S3Retriever.from_defaults(
         ...     nodes=[TextNode(text="The code word is Zanzibar.", id_="n1")],
         ...     similarity_top_k=1, mode="bm25")
-        >>> r.retrieve("What is the code word?")[0].node.text  # doctest: +SKIP
+        >>> r.retrieve("What is the code word?")[0].node.text
         'The code word is Zanzibar.'
     """
 
@@ -325,7 +326,7 @@ class S3Retriever(BaseRetriever):
                 (``fusion``, ``span_tokens``, ``chunk_tokens``, ...).
 
         Example:
-            >>> r = S3Retriever.from_model("smollm2-135m", span_tokens=64)  # doctest: +SKIP
+            >>> r = S3Retriever.from_model("smollm2-135m", span_tokens=64)
         """
         index = S3Index.from_model(model, saes=saes, device=device, dtype=dtype, **settings)
         return cls(index, similarity_top_k=similarity_top_k, budget_tokens=budget_tokens,
@@ -368,7 +369,7 @@ class S3Retriever(BaseRetriever):
 
         Example:
             >>> from llama_index.core import Document
-            >>> r = S3Retriever.from_defaults(  # doctest: +SKIP
+            >>> r = S3Retriever.from_defaults(
             ...     documents=[Document(text="Bach worked in Leipzig.")], mode="hybrid")
         """
         nodes = list(nodes or [])
@@ -403,7 +404,8 @@ class S3Retriever(BaseRetriever):
 
         Example:
             >>> from llama_index.core.schema import TextNode
-            >>> retriever.add_nodes([TextNode(text="Bananas are yellow.", id_="b")])  # doctest: +SKIP
+            >>> retriever = S3Retriever.from_defaults(nodes=[TextNode(text="Kiwis are green.")])
+            >>> retriever.add_nodes([TextNode(text="Bananas are yellow.", id_="b")])
             ['b']
         """
         texts, metas, ids = [], [], []
@@ -448,7 +450,10 @@ class S3Retriever(BaseRetriever):
         (``persist_dir/s3_retriever.json``). Other files in ``persist_dir`` are kept.
 
         Example:
-            >>> retriever.persist("./storage")  # doctest: +SKIP
+            >>> from llama_index.core.schema import TextNode
+            >>> retriever = S3Retriever.from_defaults(nodes=[TextNode(text="Kiwis are green.")])
+            >>> retriever.persist("./storage")
+            PosixPath('storage')
         """
         folder = Path(persist_dir)
         if folder.exists() and not folder.is_dir():
@@ -487,7 +492,13 @@ class S3Retriever(BaseRetriever):
             ValueError: an unknown override, or a settings file of another format.
 
         Example:
-            >>> r = S3Retriever.from_persist_dir("./storage", similarity_top_k=8)  # doctest: +SKIP
+            >>> from llama_index.core.schema import TextNode
+            >>> S3Retriever.from_defaults(nodes=[TextNode(text="Kiwis are green.")],
+            ...                           mode="bm25").persist("./storage")
+            PosixPath('storage')
+            >>> r = S3Retriever.from_persist_dir("./storage", similarity_top_k=8)
+            >>> r.mode, r.similarity_top_k
+            ('bm25', 8)
         """
         folder = Path(persist_dir)
         if not folder.is_dir():

@@ -6,9 +6,9 @@ scan or a search on the same model.
 
 Example:
     >>> from llama_index.retrievers.s3 import S3LocalLLM
-    >>> llm = S3LocalLLM("smollm2-135m", max_new_tokens=16)  # doctest: +SKIP
-    >>> llm.complete("The capital of France is").text  # doctest: +SKIP
-    'Paris.'
+    >>> llm = S3LocalLLM("smollm2-135m", max_new_tokens=16)
+    >>> llm.complete("What is the capital of France?").text
+    'The capital of France is Paris.'
 """
 
 from __future__ import annotations
@@ -76,11 +76,15 @@ class S3LocalLLM(CustomLLM):
     template; ``chat`` sends the messages as given; the stream variants yield once.
 
     Example:
+        >>> from llama_index.core import Document
         >>> from llama_index.core.query_engine import RetrieverQueryEngine
-        >>> llm = S3LocalLLM(retriever.index.lm)  # doctest: +SKIP
-        >>> engine = RetrieverQueryEngine.from_args(retriever, llm=llm)  # doctest: +SKIP
-        >>> str(engine.query("What is the secret code word?"))  # doctest: +SKIP
-        'Zanzibar'
+        >>> from llama_index.retrievers.s3 import S3Retriever
+        >>> retriever = S3Retriever.from_defaults(
+        ...     documents=[Document(text="The secret code word is Zanzibar.")])
+        >>> llm = S3LocalLLM(retriever.index.lm)
+        >>> engine = RetrieverQueryEngine.from_args(retriever, llm=llm)
+        >>> str(engine.query("What is the secret code word?"))
+        'The secret code word is Zanzibar.'
     """
 
     model_name: str = Field(default="smollm2-135m", description="The model's id.")
