@@ -1,0 +1,61 @@
+"""Every tutorial script in docs/examples/ runs offline on the embedded model and prints
+what its page says it prints. The list is a glob, so a new example cannot be left out."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.shared_model import reuse_session_model  # noqa: F401 (a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.py"))
+
+# Text each example must print (its tutorial describes it). An example with a
+# docs/examples/<name>.out file must print exactly that file (the page shows it).
+EXPECT = {
+    "quickstart.py": [],
+    "langchain_quickstart.py": ["Warsaw", "Zanzibar"],
+    "llamaindex_quickstart.py": ["secret:", "Zanzibar"],
+    "hybrid_fusion.py": ["s3     ->", "bm25   ->", "hybrid ->", "rrf    weight", "school:"],
+    "persist_update.py": ["saved: ['docs.jsonl'", "refused: docs.jsonl", "LangChain: ",
+                          "LlamaIndex: ", "persisted: ['s3_index', 's3_retriever.json']"],
+    "train_saes.py": ["held-out FVU", "layers.17/sae.safetensors", "('layers.17.kv1',)",
+                      "hybrid: ferry"],
+    "evaluate_own_data.py": ["oracle", "1.00", "report/quality_table.md"],
+    "gpu.py": ["chunk_tokens", "red cabinet"],
+}
+
+
+def test_examples_found():
+    assert len(EXAMPLES) >= len(EXPECT)
+    assert sorted(EXPECT) == sorted(p.name for p in EXAMPLES), \
+        "every docs/examples/*.py needs an EXPECT entry (and a tutorial page)"
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs(path, reuse_session_model, monkeypatch, tmp_path, capsys):  # noqa: F811
+    monkeypatch.chdir(tmp_path)  # whatever an example writes stays out of the repository
+    monkeypatch.setattr(sys, "argv", [str(path)])
+    runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    assert out.strip(), f"{path.name} printed nothing"
+    expected = path.with_suffix(".out")
+    if expected.is_file():
+        assert out == expected.read_text(encoding="utf-8"), (
+            f"{path.name} no longer prints {expected.name}, which its page shows; if the new "
+            f"output is right, regenerate it: python {path.relative_to(ROOT)} > "
+            f"{expected.relative_to(ROOT)}")
+    for text in EXPECT.get(path.name, []):
+        assert text in out, f"{path.name} did not print {text!r}:\n{out}"
+
+
+def test_every_example_is_shown_in_the_docs():
+    pages = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").rglob("*.md"))
+    for path in EXAMPLES:
+        assert f'--8<-- "docs/examples/{path.name}' in pages, \
+            f"{path.name} is not included in any docs page"
