@@ -3,6 +3,7 @@ what its page says it prints. The list is a glob, so a new example cannot be lef
 
 from __future__ import annotations
 
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -59,3 +60,20 @@ def test_every_example_is_shown_in_the_docs():
     for path in EXAMPLES:
         assert f'--8<-- "docs/examples/{path.name}' in pages, \
             f"{path.name} is not included in any docs page"
+
+
+BOOK = ("The harbour master kept a diary. On 3 May 1902 a letter arrived from the mainland. "
+        "The letter was written by Jonas Lind, the lighthouse keeper's brother. He asked for "
+        "a boat to collect him before the winter storms.")
+
+
+@pytest.mark.model
+def test_readme_python_blocks_run(reuse_session_model, monkeypatch, tmp_path, capsys):  # noqa: F811
+    """The README's Python examples run as written (on a small ``book.txt``)."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text("utf-8"), re.S)
+    assert len(blocks) >= 3
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "book.txt").write_text(BOOK, encoding="utf-8")
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+    assert "Jonas Lind" in capsys.readouterr().out
