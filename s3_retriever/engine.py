@@ -2,12 +2,13 @@
 
 Example:
     >>> from s3_retriever import S3Index
-    >>> index = S3Index.from_model("smollm2-135m")  # doctest: +SKIP
-    >>> index.add_texts(["Marie Curie was born in Warsaw. She won two Nobel Prizes."],
-    ...                 ids=["curie"])  # doctest: +SKIP
-    ['curie']
-    >>> index.search("Where was Marie Curie born?", k=1)[0].text  # doctest: +SKIP
-    'Marie Curie was born in Warsaw.'
+    >>> index = S3Index.from_model("smollm2-135m")
+    >>> index.add_texts(["Marie Curie was born in Warsaw. She won two Nobel Prizes.",
+    ...                  "The Amazon river flows through Brazil."], ids=["curie", "amazon"],
+    ...                 show_progress=False)
+    ['curie', 'amazon']
+    >>> index.search("Where was Marie Curie born?", k=1)[0].text  # a span grows to ~48 tokens
+    'Marie Curie was born in Warsaw. She won two Nobel Prizes.'
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from s3_retriever.scoring import SCORERS, HeadWeight, attention_scores, query_fe
 from s3_retriever.spans import (
     Span,
     grow_spans,
+    grown_span_keys,
     pack_spans,
+    select_for_packing,
     sentence_scores,
     sentence_token_counts,
     smooth,
@@ -639,7 +642,7 @@ class S3Index:
             else:
                 fused = s3_units if mode == "s3" else bm_units
             spans = self._grow(rows, unit_ranges, fused, s3_units, bm_units, mode,
-                               self.span_tokens_for(budget_tokens))
+                               self.span_tokens_for(budget_tokens), k, budget_tokens)
         return pack_spans(spans, k=k, budget_tokens=budget_tokens)
 
     def span_tokens_for(self, budget_tokens: int | None) -> int:
@@ -650,20 +653,47 @@ class S3Index:
         return 48 if budget_tokens is None else int(min(192, max(48, budget_tokens // 10)))
 
     def _grow(self, rows, unit_ranges, fused, s3_units, bm_units, mode,
-              span_tokens: int) -> list[Span]:
+              span_tokens: int, k: int | None = None,
+              budget_tokens: int | None = None) -> list[Span]:
+        """Spans grown in every candidate document; with ``k`` / ``budget_tokens`` only the
+        spans that ``pack_spans`` will keep are built (it gives the same result on them)."""
         docs = self.index.docs
-        spans: list[Span] = []
-        pos = 0
+        grown_all, pos = [], 0
         for r, (a, b) in zip(rows, unit_ranges):
             rec, n = docs[r], b - a
-            sl = slice(pos, pos + n)
-            grown = grow_spans(fused[sl], rec.sentences, self._unit_tokens[a:b],
+            grown = grow_spans(fused[pos:pos + n], rec.sentences, self._unit_tokens[a:b],
                                span_tokens=span_tokens)
+            grown_all.append((r, slice(pos, pos + n), grown))
+            pos += n
+        chosen = None
+        if k is not None or budget_tokens is not None:
+            keys = [grown_span_keys(docs[r].sentences, self._doc_token_unit[r], grown)
+                    for r, _, grown in grown_all]
+            owners = [j for j, (_, _, grown) in enumerate(grown_all) for _ in grown]
+            has = [j for j, (_, _, grown) in enumerate(grown_all) if grown]
+            rank = np.zeros(len(grown_all), np.int64)
+            rank[has] = np.arange(len(has))
+            picked = select_for_packing(
+                np.asarray([g[2] for _, _, grown in grown_all for g in grown], np.float64),
+                rank[np.asarray(owners, np.int64)],
+                np.concatenate([st for st, _ in keys]) if keys else np.zeros(0, np.int64),
+                np.concatenate([nt for _, nt in keys]) if keys else np.zeros(0, np.int64),
+                k=k, budget_tokens=budget_tokens)
+            if picked is not None:
+                chosen = [[] for _ in grown_all]
+                flat = [(j, g) for j, (_, _, grown) in enumerate(grown_all) for g in grown]
+                for i in picked.tolist():
+                    chosen[flat[i][0]].append(flat[i][1])
+        spans: list[Span] = []
+        for j, (r, sl, grown) in enumerate(grown_all):
+            rec = docs[r]
+            grown = grown if chosen is None else chosen[j]
+            if not grown:
+                continue
             spans += spans_for_document(
                 rec.doc_id, rec.text, rec.sentences, self._doc_token_unit[r], grown,
                 s3_scores=None if mode == "bm25" else s3_units[sl],
                 bm25_scores=None if mode == "s3" else bm_units[sl], metadata=rec.metadata)
-            pos += n
         return spans
 
     def answer(self, question: str, budget_tokens: int = 2048, *, k: int | None = None,
