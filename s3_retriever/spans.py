@@ -34,9 +34,11 @@ import numpy as np
 __all__ = [
     "Span",
     "grow_spans",
+    "grown_span_keys",
     "merge_adjacent",
     "order_for_prompt",
     "pack_spans",
+    "select_for_packing",
     "sentence_scores",
     "sentence_token_counts",
     "smooth",
@@ -631,6 +633,96 @@ def pack_spans(
             if (k is not None and len(out) >= k) or left == 0:
                 break
     return out
+
+
+def grown_span_keys(
+    sentences: Sequence[tuple[int, int]],
+    token_sentence: np.ndarray,
+    grown: Sequence[tuple[int, int, float]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``start_char`` and token count of each grown span, as :func:`spans_for_document`
+    would set them (token count ``-1`` where the span has no tokens), without building
+    :class:`Span` objects.
+
+    Example:
+        >>> grown_span_keys([(0, 4), (5, 9)], np.array([0, 0, 1]), [(1, 2, 0.5), (0, 2, 0.1)])
+        (array([5, 0]), array([1, 3]))
+    """
+    n = len(sentences)
+    m = len(grown)
+    if m == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    ts = np.asarray(token_sentence, dtype=np.int64)
+    first_tok = np.full(n + 1, np.iinfo(np.int64).max)
+    last_tok = np.full(n + 1, -1)
+    keep = ts >= 0
+    pos = np.flatnonzero(keep)
+    np.minimum.at(first_tok, ts[keep], pos)
+    np.maximum.at(last_tok, ts[keep], pos)
+    lo = np.fromiter((g[0] for g in grown), dtype=np.int64, count=m)
+    hi = np.fromiter((g[1] for g in grown), dtype=np.int64, count=m)
+    if lo.min() < 0 or (hi <= lo).any() or hi.max() > n:
+        raise ValueError(f"span sentences out of range for {n} sentences")
+    # reduce over [lo, hi) for every span at once: reduceat on (lo, hi) pairs, taken in
+    # start order (reduceat needs each pair's end after its start; the last entry is a pad)
+    order = np.argsort(lo)
+    idx = np.empty(2 * m, np.int64)
+    idx[0::2], idx[1::2] = lo[order], hi[order]
+    ft = np.empty(m, np.int64)
+    lt = np.empty(m, np.int64)
+    ft[order] = np.minimum.reduceat(first_tok, idx)[0::2]
+    lt[order] = np.maximum.reduceat(last_tok, idx)[0::2]
+    starts = np.fromiter((sentences[int(a)][0] for a in lo), dtype=np.int64, count=m)
+    return starts, np.where(lt >= 0, lt + 1 - ft, -1)
+
+
+def select_for_packing(
+    scores: np.ndarray,
+    doc_rank: np.ndarray,
+    start_char: np.ndarray,
+    n_tokens: np.ndarray,
+    *,
+    k: int | None = None,
+    budget_tokens: int | None = None,
+) -> np.ndarray | None:
+    """Which candidates :func:`pack_spans` would return, from their keys alone.
+
+    Candidates are described by arrays: score, the rank of their document (order of first
+    appearance), ``start_char`` and token count (``-1``: unknown). Returns the indices of
+    the chosen candidates (ascending), or ``None`` where :func:`pack_spans` would raise
+    (a budget with spans lacking token bounds, or smaller than the smallest span): the
+    caller then builds every span and lets :func:`pack_spans` report the problem. Building
+    only the chosen spans and packing them gives exactly ``pack_spans`` of all of them.
+
+    Example:
+        >>> select_for_packing(np.array([0.2, 0.9, 0.5]), np.array([0, 0, 1]),
+        ...                    np.array([0, 10, 0]), np.array([50, 80, 40]), budget_tokens=100)
+        array([1])
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = np.where(np.isnan(s), -np.inf, s)
+    nt = np.asarray(n_tokens, dtype=np.int64)
+    if len(s) == 0:
+        return np.zeros(0, np.int64)
+    order = np.lexsort((np.asarray(start_char), np.asarray(doc_rank), -s))
+    if budget_tokens is None:
+        return np.sort(order if k is None else order[:k])
+    if (nt < 0).any() or budget_tokens < nt.min():
+        return None
+    ranked = nt[order]
+    chosen: list[int] = []
+    left, j = budget_tokens, 0
+    while j < len(order):
+        fits = np.flatnonzero(ranked[j:] <= left)
+        if fits.size == 0:
+            break
+        j += int(fits[0])
+        chosen.append(int(order[j]))
+        left -= int(ranked[j])
+        j += 1
+        if (k is not None and len(chosen) >= k) or left == 0:
+            break
+    return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
 def order_for_prompt(

@@ -350,3 +350,61 @@ def test_order_and_merge():
     # a gap with text in it is not merged
     gap = merge_adjacent([s[2], s[0]], {"d": text})
     assert [x.id for x in gap] == ["d:0-4", "d:10-16"]
+
+
+def _random_docs(rng: random.Random, n_docs: int):
+    """Documents as (doc_id, text, sentences, token_sentence, grown) with random scores."""
+    docs = []
+    for d in range(n_docs):
+        n_sent = rng.randint(0, 6)
+        sentences, pos, ts = [], 0, []
+        for j in range(n_sent):
+            length = rng.randint(3, 12)
+            sentences.append((pos, pos + length))
+            ts += [j] * rng.choice([0, 1, 2, 5, 9])  # some sentences get no tokens
+            pos += length + 1
+        ts = [-1] * rng.randint(0, 2) + ts
+        text = "x" * max(pos, 1)
+        scores = np.array([rng.choice([0.5, 1.0, rng.random(), float("nan")])
+                           for _ in range(n_sent)])
+        tokens = sentence_token_counts(np.array(ts, dtype=np.int64), n_sent)
+        grown = grow_spans(scores, sentences, np.maximum(tokens, 1),
+                           span_tokens=rng.choice([0, 4, 12]))
+        docs.append((f"d{d}", text, sentences, np.array(ts, dtype=np.int64), grown))
+    return docs
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_select_for_packing_matches_pack_spans(seed):
+    from s3_retriever.spans import grown_span_keys, select_for_packing
+
+    rng = random.Random(seed)
+    docs = _random_docs(rng, rng.randint(1, 6))
+    spans, score, rank, start, ntok = [], [], [], [], []
+    r = 0
+    for doc_id, text, sentences, ts, grown in docs:
+        made = spans_for_document(doc_id, text, sentences, ts, grown)
+        starts, counts = grown_span_keys(sentences, ts, grown)
+        assert starts.tolist() == [s.start_char for s in made]
+        assert counts.tolist() == [-1 if s.n_tokens is None else s.n_tokens for s in made]
+        spans += made
+        score += [g[2] for g in grown]
+        rank += [r] * len(grown)
+        start += starts.tolist()
+        ntok += counts.tolist()
+        r += bool(grown)
+    for k, budget in [(None, None), (2, None), (None, rng.randint(1, 30)), (3, rng.randint(1, 30))]:
+        if k is None and budget is None:
+            continue
+        chosen = select_for_packing(np.array(score), np.array(rank, dtype=np.int64),
+                                    np.array(start, dtype=np.int64),
+                                    np.array(ntok, dtype=np.int64), k=k, budget_tokens=budget)
+        try:
+            want = pack_spans(spans, k=k, budget_tokens=budget)
+        except ValueError:
+            assert chosen is None  # pack_spans would raise: the caller builds everything
+            continue
+        assert chosen is not None
+        got = pack_spans([spans[i] for i in chosen], k=k, budget_tokens=budget)
+        assert [s.id for s in got] == [s.id for s in want]
+        assert len(chosen) == len(want)
