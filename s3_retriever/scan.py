@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -47,6 +48,13 @@ def tokenize_document(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int32).reshape(-1, 2)
     return ids, offsets
+
+
+def _on_device(sae: TopKSAE, device: torch.device) -> TopKSAE:
+    """``sae`` itself when it lives on ``device``, else a copy moved there."""
+    if sae.device == torch.device(device):
+        return sae
+    return copy.deepcopy(sae).to(device)
 
 
 @dataclass
@@ -99,6 +107,8 @@ class Scanner:
         self.lock = lock
         for hp, sae in saes.items():
             sae.check_compatible(lm.spec.head_dim, self.layers[hp])
+        # the top-k encode runs where the keys are: a CUDA model encodes on the GPU
+        self._encoders = {hp: _on_device(sae, lm.device) for hp, sae in saes.items()}
         self.bias_vectors = {nm: torch.as_tensor(v, dtype=torch.float32).reshape(
             -1, lm.spec.head_dim) for nm, v in (bias_vectors or {}).items() if len(v)}
         unknown = sorted(set(self.bias_vectors) - set(self.names))
@@ -153,7 +163,7 @@ class Scanner:
             end = min(n, start + self.chunk_tokens)
             left = max(0, start - self.context_tokens)
             keys = self._forward(hooks, ids[left:end])
-            for hp, sae in self.saes.items():
+            for hp, sae in self._encoders.items():
                 k = keys[self.layers[hp]][0, start - left:]  # [t, n_kv, d]
                 for g in self.kv_heads[hp]:
                     acts, fid = sae.encode(k[:, g, :], kind="key")
