@@ -497,6 +497,9 @@ class S3Index:
                 for seg, s, e in _contiguous(spans):
                     segment = self.index.segments[seg]
                     fi, fa = segment.postings[name].to_codes(k, compact=True)
+                    # scoring reads the forward view only: the CSR arrays leave memory
+                    # (rebuilt, identical, when something reads them again)
+                    segment.postings[name].drop_inverted(k)
                     parts_i.append(fi[s:e])
                     parts_a.append(fa[s:e])
                     if name in segment.bias:

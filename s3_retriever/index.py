@@ -79,6 +79,7 @@ __all__ = [
 index_layout_version = 1
 
 _MAX_POSITIONS = 2**32  # positions are uint32, so a segment holds at most 2**32 tokens
+_INVERT_ROWS = 1 << 16  # rows inverted at once by Postings.from_codes
 _F16_MAX = float(np.finfo(np.float16).max)
 _HOOKPOINT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$")
 _DOC_KEYS = ("doc_id", "text", "metadata", "segment", "token_start", "token_end", "sentences",
@@ -172,7 +173,8 @@ class Postings:
         ([[3, 1], [1, 0]], [[2.0, 1.0], [0.5, 0.0]])
     """
 
-    __slots__ = ("indptr", "positions", "acts", "n_tokens", "_codes")
+    __slots__ = ("_indptr", "_positions", "_acts", "n_tokens", "_codes", "_num_latents", "_nnz",
+                 "_dropped_k")
 
     def __init__(
         self,
@@ -196,14 +198,15 @@ class Postings:
                 raise ValueError(f"positions: need integers, got {positions.dtype}")
             if int(positions.min()) < 0 or int(positions.max()) >= _MAX_POSITIONS:
                 raise ValueError("positions: out of the uint32 range")
-        self.indptr = _readonly(indptr, np.int64, copy=True)
-        self.positions = _readonly(positions, np.uint32, copy=True)
+        indptr = _readonly(indptr, np.int64, copy=True)
+        positions = _readonly(positions, np.uint32, copy=True)
         acts = np.asarray(acts)
         if acts.dtype != np.float16:
             acts = np.minimum(acts, _F16_MAX)  # clip instead of overflowing to inf
-        self.acts = _readonly(acts, np.float16, copy=True)
+        self._set_inverted(indptr, positions, _readonly(acts, np.float16, copy=True))
         self.n_tokens = int(n_tokens)
         self._codes: dict[tuple[int, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._dropped_k: int | None = None
         problem = _postings_problem(self.indptr, self.positions, self.acts, self.n_tokens, check)
         if problem is not None:
             raise ValueError(f"{problem[0]}: {problem[1]}")
@@ -215,10 +218,71 @@ class Postings:
         self = cls.__new__(cls)
         for a in (indptr, positions, acts):
             a.flags.writeable = False
-        self.indptr, self.positions, self.acts = indptr, positions, acts
+        self._set_inverted(indptr, positions, acts)
         self.n_tokens = int(n_tokens)
         self._codes = {}
+        self._dropped_k = None
         return self
+
+    def _set_inverted(self, indptr: np.ndarray, positions: np.ndarray,
+                      acts: np.ndarray) -> None:
+        self._positions, self._acts = positions, acts
+        self._indptr = indptr  # set last: a non-None indptr means all three are present
+        self._num_latents = len(indptr) - 1
+        self._nnz = len(positions)
+
+    def _inverted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The CSR arrays, rebuilt from the kept forward view if they were dropped."""
+        if self._indptr is None:
+            ids, acts = self._codes[(self._dropped_k, True)]
+            p = Postings.from_codes(ids, acts, self._num_latents)
+            self._set_inverted(p._indptr, p._positions, p._acts)
+        return self._indptr, self._positions, self._acts
+
+    @property
+    def indptr(self) -> np.ndarray:
+        """int64 ``[num_latents + 1]``: feature ``f`` owns ``indptr[f]:indptr[f + 1]``."""
+        return self._inverted()[0]
+
+    @property
+    def positions(self) -> np.ndarray:
+        """uint32 ``[nnz]`` segment-local positions, ascending within each feature."""
+        return self._inverted()[1]
+
+    @property
+    def acts(self) -> np.ndarray:
+        """float16 ``[nnz]`` activations (all > 0)."""
+        return self._inverted()[2]
+
+    @property
+    def inverted_in_memory(self) -> bool:
+        """False while the CSR arrays are dropped (see :meth:`drop_inverted`)."""
+        return self._indptr is not None
+
+    def drop_inverted(self, k: int) -> bool:
+        """Keep only the compact forward view of ``k`` in memory.
+
+        The attention scorer reads per-position codes only (:meth:`to_codes` with
+        ``compact``), so once that view exists the CSR arrays are dead weight: they are
+        dropped here and rebuilt from the view, identical, the next time anything reads
+        them (co-activation scoring, document frequencies, saving, compaction). Nothing
+        is dropped when the view of ``k`` would lose entries (a row with more than ``k``).
+        Returns whether the CSR arrays are now dropped.
+
+        Example:
+            >>> p = Postings.from_codes(np.array([[2, 0]]), np.array([[1.0, 3.0]]), 3)
+            >>> p.drop_inverted(2), p.inverted_in_memory, p.indptr.tolist()
+            (True, False, [0, 1, 1, 2])
+        """
+        if self._indptr is None:
+            return True
+        ids, acts = self.to_codes(k, compact=True)
+        if int(np.count_nonzero(acts)) != self._nnz:
+            return False
+        self._dropped_k = k
+        self._indptr = None  # first: from here on, readers rebuild
+        self._positions = self._acts = None
+        return True
 
     @classmethod
     def from_codes(cls, ids: np.ndarray, acts: np.ndarray, num_latents: int) -> Postings:
@@ -252,10 +316,29 @@ class Postings:
         n, k = ids.shape
         if n > _MAX_POSITIONS:
             raise ValueError(f"{n} tokens: a segment holds at most 2**32")
+        if np.isnan(acts).any():
+            raise ValueError("acts contain NaN")
+        # Inverted in blocks of rows and joined (Postings.concat gives the same arrays as
+        # one pass): the sort's temporaries stay O(block), not O(n), for big batches.
+        parts, dups = [], []
+        for s in range(0, max(n, 1), _INVERT_ROWS):
+            part, dup = cls._invert(ids[s:s + _INVERT_ROWS], acts[s:s + _INVERT_ROWS],
+                                    num_latents)
+            parts.append(part)
+            if dup is not None:
+                dups.append((dup[0], dup[1] + s))
+        if dups:
+            f, row = min(dups)
+            raise ValueError(f"feature {f} appears twice in row {row}")
+        return parts[0] if len(parts) == 1 else cls.concat(parts)
+
+    @classmethod
+    def _invert(cls, ids: np.ndarray, acts: np.ndarray, num_latents: int
+                ) -> tuple[Postings, tuple[int, int] | None]:
+        """CSR of validated codes, and the first (feature, row) repeated within a row."""
+        n, k = ids.shape
         # float16 input (what the scan produces) is used as is: no float32 copy
         a = acts if acts.dtype == np.float16 else acts.astype(np.float32, copy=False)
-        if np.isnan(a).any():
-            raise ValueError("acts contain NaN")
         a16 = np.minimum(a, _F16_MAX).astype(np.float16, copy=False).ravel()
         kept = np.flatnonzero(a16 > 0)
         # Flattened row-major order has positions ascending, and a stable sort keeps that
@@ -270,27 +353,29 @@ class Postings:
         positions = kept.astype(np.uint32)
         del kept
         same = (feat[1:] == feat[:-1]) & (positions[1:] == positions[:-1])
+        dup = None
         if same.any():
             j = int(np.flatnonzero(same)[0])
-            raise ValueError(f"feature {int(feat[j])} appears twice in row {int(positions[j])}")
+            dup = (int(feat[j]), int(positions[j]))
         indptr = np.zeros(num_latents + 1, dtype=np.int64)
         np.cumsum(np.bincount(feat, minlength=num_latents), out=indptr[1:])
-        return cls._trusted(indptr, positions, values, n)
+        return cls._trusted(indptr, positions, values, n), dup
 
     @property
     def num_latents(self) -> int:
         """Number of SAE features (dictionary size)."""
-        return len(self.indptr) - 1
+        return self._num_latents
 
     @property
     def nnz(self) -> int:
         """Number of stored (feature, position) entries."""
-        return len(self.positions)
+        return self._nnz
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the three CSR arrays (mapped from disk when loaded with ``mmap``)."""
-        return int(self.indptr.nbytes + self.positions.nbytes + self.acts.nbytes)
+        """Bytes of the three CSR arrays (mapped from disk when loaded with ``mmap``; counted
+        even while dropped from memory, see :meth:`drop_inverted`)."""
+        return (self._num_latents + 1) * 8 + self._nnz * (4 + 2)
 
     def __repr__(self) -> str:
         return (f"Postings(num_latents={self.num_latents}, n_tokens={self.n_tokens}, "

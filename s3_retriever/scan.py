@@ -50,6 +50,18 @@ def tokenize_document(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
     return ids, offsets
 
 
+def padded_length(length: int, full: int) -> int:
+    """The length a forward pass of ``length`` tokens is padded to: the next multiple of 16
+    up to 256 tokens, of 32 beyond, never past ``full`` (the longest chunk) or below
+    ``length``: at most ~27 distinct shapes for the default 577-token chunks.
+
+    >>> [padded_length(n, 577) for n in (100, 300, 570, 577)]
+    [112, 320, 576, 577]
+    """
+    step = 16 if length <= 256 else 32
+    return max(length, min(full, -(-length // step) * step))
+
+
 def _on_device(sae: TopKSAE, device: torch.device) -> TopKSAE:
     """``sae`` itself when it lives on ``device``, else a copy moved there."""
     if sae.device == torch.device(device):
@@ -122,12 +134,24 @@ class Scanner:
         return [postings_name(hp, g) for hp in self.saes for g in self.kv_heads[hp]]
 
     def _forward(self, hooks: QKHooks, ids: np.ndarray) -> dict[int, torch.Tensor]:
-        """Keys [1, len(ids), n_kv, d] per layer (the sink prefix is run and dropped)."""
+        """Keys [1, len(ids), n_kv, d] per layer (the sink prefix is run and dropped).
+
+        The input is right-padded to :func:`padded_length` (causal attention: padding
+        after the last token changes no earlier key), so the forward passes of a scan
+        come in a few dozen shapes at most: the CPU backend keeps caches per input shape
+        (~3 MB each for the default model), which would otherwise grow with the number of
+        documents scanned.
+        """
         x = self.lm.input_tensor(ids)
         n = len(self.lm.sink_ids)
+        full = n + self.context_tokens + self.chunk_tokens
+        pad = padded_length(x.shape[1], full) - x.shape[1]
+        if pad > 0:
+            pad_id = self.lm.tokenizer.pad_token_id
+            x = torch.cat([x, x.new_full((1, pad), 0 if pad_id is None else int(pad_id))], 1)
         with self.lock if self.lock is not None else contextlib.nullcontext():
             keys = hooks.run(input_ids=x).keys
-        return {layer: k[:, n:] for layer, k in keys.items()}
+        return {layer: k[:, n:n + len(ids)] for layer, k in keys.items()}
 
     def scan(self, texts: Sequence[str], *, show_progress: bool = True,
              on_document: Callable[[int, ScannedDocument], None] | None = None

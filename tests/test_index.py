@@ -535,3 +535,36 @@ def test_compact_forward_view_holds_the_same_codes(num_latents: int) -> None:
     np.testing.assert_array_equal(small_acts.astype(np.float32), full_acts)
     assert p.to_codes(K, compact=True)[0] is small_ids  # cached apart from the full view
     assert_postings_equal(Postings.from_codes(small_ids, small_acts, num_latents), p)
+
+
+def test_drop_inverted_keeps_only_the_forward_view(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    index = InvertedIndex(HOOKS, L)
+    seg, docs, _ = make_batch(rng, ["a", "b"], [40, 25])
+    index.add_segment(seg, docs)
+    p = index.segments[0].postings[HOOKS[0]]
+    want = (p.indptr.copy(), p.positions.copy(), p.acts.copy(), p.nbytes, p.nnz)
+    df = index.doc_freq(HOOKS[0]).copy()
+    assert not p.drop_inverted(K - 3)  # that view would lose entries: nothing dropped
+    assert p.inverted_in_memory
+    assert p.drop_inverted(K) and not p.inverted_in_memory
+    assert (p.nbytes, p.nnz, p.num_latents) == want[3:] + (L,)  # sizes need no rebuild
+    assert not p.inverted_in_memory
+    np.testing.assert_array_equal(p.indptr, want[0])  # rebuilt on first read, identical
+    assert p.inverted_in_memory
+    np.testing.assert_array_equal(p.positions, want[1])
+    np.testing.assert_array_equal(p.acts, want[2])
+    for h in HOOKS:  # everything still works with dropped postings, saving included
+        index.segments[0].postings[h].drop_inverted(K)
+    index._df_cache.clear()
+    np.testing.assert_array_equal(index.doc_freq(HOOKS[0]), df)
+    for h in HOOKS:
+        index.segments[0].postings[h].drop_inverted(K)
+    index.save(tmp_path)
+    loaded = InvertedIndex.load(tmp_path)
+    assert_postings_equal(loaded.segments[0].postings[HOOKS[0]], p)
+    q = loaded.segments[0].postings[HOOKS[1]]
+    assert q.drop_inverted(K) and q.to_codes(K, compact=True)[0].shape == (65, K)
+    index.delete(["a"])
+    index.compact()
+    assert index.n_tokens == 25
