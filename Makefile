@@ -57,6 +57,12 @@ eval: setup-dev
 	$(VENV)/bin/s3-retriever eval --threads 2 --index-cache runs/eval-index $(EVAL_ARGS)
 	$(if $(strip $(EVAL_128K_ARGS)),$(VENV)/bin/s3-retriever eval --threads 2 --index-cache runs/eval-index-128k $(EVAL_128K_ARGS))
 
+# The recorded performance run of docs/benchmarks.md (section 6): scan overhead, kernels,
+# index size, query latency at 100k/1M tokens, memory (~25 min on 2 cores; the rest of the
+# machine should be idle). Writes benchmarks/results/perf.json.
+bench: setup-dev
+	$(PY) benchmarks/perf.py --out benchmarks/results/perf.json
+
 lint: setup-dev
 	$(VENV)/bin/ruff check .
 
