@@ -112,8 +112,11 @@ def summarise(parts: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
         out[f"query_ms_p95_{lab}"] = hybrid["lookup_and_spans"]["p95"]
         out[f"search_ms_p50_{lab}"] = hybrid["end_to_end"]["p50"]
         out[f"search_ms_p95_{lab}"] = hybrid["end_to_end"]["p95"]
-        out[f"haystack32k_query_ms_p50_{lab}"] = \
-            sizes[lab]["hybrid_haystack_32k"]["lookup_and_spans"]["p50"]
+        hay = sizes[lab]["hybrid_haystack_32k"]["lookup_and_spans"]
+        out[f"haystack32k_query_ms_p50_{lab}"] = hay["p50"]
+        out[f"haystack32k_query_ms_p95_{lab}"] = hay["p95"]
+        out[f"coactivation_query_ms_p50_{lab}"] = \
+            sizes[lab]["s3_coactivation"]["lookup_and_spans"]["p50"]
         out[f"bm25_ms_p50_{lab}"] = sizes[lab]["baselines"]["bm25_ms"]["p50"]
         out[f"dense_ms_p50_{lab}"] = sizes[lab]["baselines"]["dense_ms"]["p50"]
     out["peak_rss_mb"] = {str(r["tokens"]): r["peak_rss_scan_mb"] for r in parts["memory_scan"]}
