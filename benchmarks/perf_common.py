@@ -162,3 +162,11 @@ def run_child(script: str | Path, args: Sequence[str], timeout: float | None = N
         raise RuntimeError(f"{script} {' '.join(map(str, args))} exited {proc.returncode}")
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
     return json.loads(lines[-1])
+
+
+def emit(result: dict[str, Any], out: Path | None) -> None:
+    """A sub-benchmark's result: written to ``out`` (if given) and printed as one JSON line
+    on stdout, where :func:`run_child` and ``perf.py`` read it."""
+    if out:
+        out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(result))

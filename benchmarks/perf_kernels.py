@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from perf_common import machine, real_documents  # noqa: E402
+from perf_common import emit, machine, real_documents  # noqa: E402
 
 
 def real_keys(n_rows: int) -> tuple[torch.Tensor, object]:
@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     out = run(a.rows, a.repeats)
     out["machine"] = machine()
-    if a.out:
-        a.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(out))
+    emit(out, a.out)
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from perf_common import (  # noqa: E402
+    emit,
     peak_rss_mb,
     real_documents,
     real_questions,
@@ -172,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_child(__file__, ["answer", "--child", p]))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out = {a.cmd: rows}
-    if a.out:
-        a.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(out))
+    emit(out, a.out)
     return 0
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from perf_common import RUNS, machine, percentiles, real_questions, rss_mb  # noqa: E402
+from perf_common import RUNS, emit, machine, percentiles, real_questions, rss_mb  # noqa: E402
 
 BUDGET = 1024
 
@@ -350,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     out = run(a.source, a.sizes, a.questions, a.questions_1m, save=not a.no_save)
     out["machine"] = machine()
-    if a.out:
-        a.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-    print(json.dumps(out))
+    emit(out, a.out)
     return 0
 
 
