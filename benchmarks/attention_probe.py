@@ -32,12 +32,14 @@ from s3_retriever.cli import _int_ranges
 from s3_retriever.corpus import generic_corpus
 from s3_retriever.engine import shipped_sae_dir
 from s3_retriever.evaluation.data import hotpotqa_benchmark
+from s3_retriever.fusion import fit_logistic, unit_features
 from s3_retriever.hooks import QKHooks
+from s3_retriever.kernels import topk_encode
 from s3_retriever.lexical import BM25Index, normalize
 from s3_retriever.models import load_model
 from s3_retriever.sae import load_saes
-from s3_retriever.scan import tokenize_document
-from s3_retriever.spans import sentence_scores, smooth
+from s3_retriever.scan import hookpoint_layer, tokenize_document
+from s3_retriever.spans import sentence_max_scores
 
 
 def int8_keys(k: torch.Tensor) -> torch.Tensor:
@@ -72,7 +74,7 @@ def build_variants(saes, generic, heads, spec, pq_m, extra=None, ks=(16, 32)):
         variants.append(Variant(f"sae_k{kk}", sae_fn))
         variants.append(Variant(f"sae_k{kk}+qmean", sae_fn, qmean_exact=True))
     pqs = {}
-    for layer, g in {(hp_layer(hp), spec.kv_group(h)) for hp, h in heads}:
+    for layer, g in {(hookpoint_layer(hp), spec.kv_group(h)) for hp, h in heads}:
         x = generic.keys[layer].reshape(-1, spec.n_kv_heads, spec.head_dim)[:, g]
         x = np.ascontiguousarray(x.numpy().astype(np.float32))
         for m in pq_m:
@@ -91,24 +93,18 @@ def build_variants(saes, generic, heads, spec, pq_m, extra=None, ks=(16, 32)):
 
 
 def _enc_k(sae, k, kk):
+    """``sae.encode(k, kind="key")`` keeping ``kk`` latents instead of the trained k."""
     with torch.no_grad():
-        x = k.float() / sae.cfg.key_scale
-        pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
-        vals, ids = torch.topk(pre, kk, dim=-1)
-        return vals.clamp_min(0), ids
-
-
-def hp_layer(hp: str) -> int:
-    return int(hp.split(".")[1])
+        return topk_encode(k.float() / sae.cfg.key_scale - sae.b_dec, sae.W_enc, sae.b_enc, kk)
 
 
 def probe(lm, bench, saes, heads, variants, qmean, smooth_window=3):
     """Per question: per variant [H, U] per-head sentence scores and the summed-mass [U]."""
     spec = lm.spec
-    layers = sorted({hp_layer(hp) for hp, _ in heads})
+    layers = sorted({hookpoint_layer(hp) for hp, _ in heads})
     needed = sorted({d for ex in bench.examples for d in ex.doc_ids})
     docs = scan_exact(lm, bench, layers, needed, True, lm.sink_ids)
-    groups = sorted({(hp_layer(hp), spec.kv_group(h)) for hp, h in heads})
+    groups = sorted({(hookpoint_layer(hp), spec.kv_group(h)) for hp, h in heads})
     comp: dict[str, dict[str, dict]] = {}
     for did in tqdm(needed, desc="compress keys"):
         comp[did] = {}
@@ -141,7 +137,7 @@ def probe(lm, bench, saes, heads, variants, qmean, smooth_window=3):
             for v in variants:
                 per_head = []
                 for hp, h in heads:
-                    layer, g = hp_layer(hp), spec.kv_group(h)
+                    layer, g = hookpoint_layer(hp), spec.kv_group(h)
                     q = cap.queries[layer][0, n_sink:, h].float()
                     k_hat = torch.cat([comp[d][v.name][(layer, g)] for d in ex.doc_ids])
                     if v.qmean_exact:
@@ -170,8 +166,8 @@ def _sent(mass, dus, w):
     parts, pos = [], 0
     for du in dus:
         n = len(du.token_sentence)
-        su = sentence_scores(smooth(mass[pos:pos + n], w), du.token_sentence, len(du.sentences))
-        parts.append(np.where(np.isfinite(su), su, 0.0))
+        parts.append(sentence_max_scores(mass[pos:pos + n], du.token_sentence,
+                                         len(du.sentences), w))
         pos += n
     return np.concatenate(parts)
 
@@ -186,27 +182,8 @@ def recall(results, key_fn, budgets):
 
 
 def features(r, variant):
-    """Per-sentence features for the learned fusion: per-head scores as a fraction of the
-    haystack's best, BM25 min-max, log length."""
-    heads = r[variant + "/heads"]
-    hf = heads / np.maximum(heads.max(axis=1, keepdims=True), 1e-12)
-    bm = normalize(r["bm25"], np.ones(len(r["bm25"]), bool))
-    return np.column_stack([hf.T, bm, np.log(r["lengths"])])
-
-
-def fit_logreg(X, y, l2=1e-2, iters=50):
-    """Newton's method for L2-regularised logistic regression (bias last)."""
-    X = np.column_stack([X, np.ones(len(X))])
-    w = np.zeros(X.shape[1])
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-X @ w))
-        g = X.T @ (p - y) + l2 * np.r_[w[:-1], 0]
-        H = (X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(len(w))
-        step = np.linalg.solve(H, g)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w
+    """The learned fusion's per-sentence features (:func:`s3_retriever.fusion.unit_features`)."""
+    return unit_features(r[variant + "/heads"], r["bm25"], r["lengths"])
 
 
 def main(argv=None):
@@ -232,11 +209,11 @@ def main(argv=None):
     heads = [(hp, int(h)) for hp, h, *_ in
              json.loads((folder / "heads.json").read_text())["heads"]]
     spec = lm.spec
-    layers = sorted({hp_layer(hp) for hp, _ in heads})
+    layers = sorted({hookpoint_layer(hp) for hp, _ in heads})
     generic = collect_qk(lm, generic_corpus(), layers, max_tokens=a.generic_tokens)
     qmean = {}
     for hp, h in heads:
-        layer = hp_layer(hp)
+        layer = hookpoint_layer(hp)
         qmean[(layer, h)] = generic.queries[layer].reshape(-1, spec.n_heads, spec.head_dim)[:, h] \
             .mean(0)
     extra = {n: load_saes(d) for n, d in (e.split("=", 1) for e in a.extra_saes)}
@@ -271,11 +248,11 @@ def main(argv=None):
         rows[f"linear({v})+bm25 w={best:.1f}"] = recall(ev, lambda r, b=best: mix(r, b), B)
         X = np.concatenate([features(r, v) for r in res["calib"]])
         y = np.concatenate([r["gold"] for r in res["calib"]]).astype(float)
-        w = fit_logreg(X, y)
-        fits[v] = w.tolist()
+        w, bias = fit_logistic(X, y)
+        fits[v] = [*w.tolist(), bias]
 
         def lr(r, w=w, v=v):
-            return features(r, v) @ w[:-1]
+            return features(r, v) @ w
         rows[f"logreg({v})+bm25"] = recall(ev, lr, B)
     print(f"{len(ev)} eval questions, {time.time() - t0:.0f} s")
     print("| variant | " + " | ".join(f"R@{b}" for b in B) + " | vs bm25 @512 |")

@@ -37,9 +37,8 @@ from s3_retriever.hooks import QKHooks
 from s3_retriever.models import LoadedModel
 from s3_retriever.scan import hookpoint_layer, tokenize_document
 from s3_retriever.spans import (
-    sentence_scores,
+    sentence_max_scores,
     sentence_token_counts,
-    smooth,
     split_sentences,
     token_sentence_map,
 )
@@ -169,9 +168,9 @@ def head_recalls(lm: LoadedModel, bench: Benchmark, layers: Sequence[int], *,
                     for did in ex.doc_ids:
                         du = docs[did]
                         n = len(du.token_sentence)
-                        sm = smooth(mass[h, pos:pos + n].astype(np.float64), smooth_window)
-                        su = sentence_scores(sm, du.token_sentence, len(du.sentences))
-                        parts.append(np.where(np.isfinite(su), su, 0.0))
+                        parts.append(sentence_max_scores(mass[h, pos:pos + n],
+                                                         du.token_sentence, len(du.sentences),
+                                                         smooth_window))
                         pos += n
                     scores[li, h] = np.concatenate(parts)
                     rec[li, h] += budget_recall(scores[li, h], lengths, gold, budget)

@@ -44,9 +44,8 @@ from s3_retriever.spans import (
     grown_span_keys,
     pack_spans,
     select_for_packing,
-    sentence_scores,
+    sentence_max_scores,
     sentence_token_counts,
-    smooth,
     spans_for_document,
     split_sentences,
     token_sentence_map,
@@ -537,9 +536,8 @@ class S3Index:
         parts = []
         for r, ts in zip(rows, token_scores):
             a, b = self._doc_units[r]
-            sm = smooth(ts, self.settings.smooth_window) if len(ts) else ts
-            su = sentence_scores(sm, self._doc_token_unit[r], b - a, reduce="max")
-            parts.append(np.where(np.isfinite(su), su, 0.0))
+            parts.append(sentence_max_scores(ts, self._doc_token_unit[r], b - a,
+                                             self.settings.smooth_window))
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def unit_scores(self, query: str, doc_ids: Collection[str] | None = None,

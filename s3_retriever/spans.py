@@ -39,6 +39,7 @@ __all__ = [
     "order_for_prompt",
     "pack_spans",
     "select_for_packing",
+    "sentence_max_scores",
     "sentence_scores",
     "sentence_token_counts",
     "smooth",
@@ -409,6 +410,22 @@ def sentence_scores(
         has = counts > 0
         out[has] = sums[has] / counts[has]
     return out
+
+
+def sentence_max_scores(token_scores: np.ndarray, token_sentence: np.ndarray,
+                        n_sentences: int, window: int) -> np.ndarray:
+    """Each sentence's max :func:`smooth`-ed token score; 0 for a sentence without tokens.
+
+    The unit score every S3 ranking uses (search, calibration, the benchmarks).
+
+    Example:
+        >>> sentence_max_scores(np.array([0.0, 3.0, 0.0, 0.0]), np.array([0, 0, 1, 1]), 3,
+        ...                     window=3).tolist()
+        [1.5, 1.0, 0.0]
+    """
+    su = sentence_scores(smooth(token_scores, window), token_sentence, n_sentences,
+                         reduce="max")
+    return np.where(np.isfinite(su), su, 0.0)
 
 
 # --------------------------------------------------------------------------- growth
