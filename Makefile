@@ -14,7 +14,7 @@ export NO_MKDOCS_2_WARNING := 1
 # missing snippet, an unrenderable docstring) into a failure. Output: site/ (ignored).
 MKDOCS_BUILD := $(VENV)/bin/mkdocs build --strict --site-dir site
 
-.PHONY: setup setup-dev demo test eval bench docs lint clean
+.PHONY: setup setup-dev demo test test-model eval bench docs lint clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,14 @@ demo: setup
 	$(PY) -m s3_retriever.demo $(if $(FILE),--file "$(FILE)") $(if $(QUESTION),--question "$(QUESTION)")
 
 # The tests (docs/examples/*.py and the docstring examples included), then the docs build.
+# The model dtype follows $$S3_RETRIEVER_DTYPE (fp32 | bf16) when set, else the hardware.
 test: setup-dev
 	$(PY) -m pytest -q
 	$(MKDOCS_BUILD)
+
+# Only the tests that run the real model (marked `model`): .ci/run reruns them in bf16.
+test-model: setup-dev
+	$(PY) -m pytest -q -m model
 
 docs: setup-dev
 	$(MKDOCS_BUILD)

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,10 +62,14 @@ def cmd_index(a: argparse.Namespace) -> int:
     if a.chunk_tokens:
         settings["chunk_tokens"] = a.chunk_tokens
     index = S3Index.from_model(a.model, saes=a.saes, device=a.device, dtype=a.dtype, **settings)
+    print(f"model: {index.lm.model_id} on {index.lm.device.type}, {index.lm.dtype_reason}")
+    start = time.perf_counter()
     index.add_texts(texts, metas, ids, show_progress=not a.quiet)
+    seconds = time.perf_counter() - start
     index.save(a.out)
     st = index.stats()
-    print(f"indexed {st['documents']} document(s), {st['tokens']} tokens -> {a.out}")
+    print(f"indexed {st['documents']} document(s), {st['tokens']} tokens -> {a.out} "
+          f"(scan: {st['tokens'] / seconds:,.0f} tokens/s)")
     print(f"index: {st['index_bytes_per_token']:.1f} bytes/token; the model's KV cache: "
           f"{st['kv_bytes_per_token']} bytes/token (bf16), "
           f"{st['kv_bytes_per_token'] / st['index_bytes_per_token']:.0f}x larger")

@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
 CACHE_ENV = "S3_RETRIEVER_CACHE"
+DTYPE_ENV = "S3_RETRIEVER_DTYPE"
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16,
+           "fp32": torch.float32, "float32": torch.float32}
 _CACHE_LAYOUT = 1
 
 
@@ -78,6 +82,7 @@ class LoadedModel:
         sink_ids: the prefix every forward pass starts with (see :meth:`input_tensor`).
         lock: held around every forward pass and generation: capture hooks live on the
             shared torch module, so two threads must never run it at once.
+        dtype_reason: why the weights have their dtype (see :func:`dtype_choice`).
     """
 
     model: Any
@@ -87,6 +92,7 @@ class LoadedModel:
     spec: AttentionSpec
     sink_ids: tuple[int, ...] | None = None
     lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
+    dtype_reason: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.sink_ids is None:
@@ -171,20 +177,51 @@ def choose_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def choose_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
-    """bf16 on CUDA or on a CPU with fast bf16, else fp32 (an explicit choice wins)."""
-    if dtype is not None:
-        if isinstance(dtype, str):
-            try:
-                dtype = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-                         "fp16": torch.float16, "float16": torch.float16,
-                         "fp32": torch.float32, "float32": torch.float32}[dtype]
-            except KeyError:
-                raise ValueError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32") from None
+def _parse_dtype(dtype: str | torch.dtype, where: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
         return dtype
+    try:
+        return _DTYPES[str(dtype).strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r} in {where}; use bf16, fp16 or fp32") from None
+
+
+def dtype_choice(device: torch.device, dtype: str | torch.dtype | None = None
+                 ) -> tuple[torch.dtype, str]:
+    """The model dtype for ``device`` and why it was chosen.
+
+    Order: an explicit ``dtype``; else ``$S3_RETRIEVER_DTYPE`` (``fp32``/``bf16``/``fp16``);
+    else bf16 on CUDA or on a CPU with AMX/AVX512-BF16, fp32 on other CPUs (bf16 matmuls
+    are emulated there and several times slower). Greedy generation and near-tied scores
+    can differ between bf16 and fp32, so force one dtype to compare runs across machines.
+
+    Example:
+        >>> dtype_choice(torch.device("cpu"), "fp32")
+        (torch.float32, 'fp32: asked for')
+    """
+    if dtype is not None:
+        dt = _parse_dtype(dtype, "the dtype argument")
+        return dt, f"{_short(dt)}: asked for"
+    env = os.environ.get(DTYPE_ENV, "").strip()
+    if env:
+        dt = _parse_dtype(env, f"${DTYPE_ENV}")
+        return dt, f"{_short(dt)}: set by ${DTYPE_ENV}"
     if device.type == "cuda":
-        return torch.bfloat16
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+        return torch.bfloat16, "bf16: CUDA device"
+    if cpu_has_fast_bf16():
+        return torch.bfloat16, "bf16: this CPU has AMX/AVX512-BF16"
+    return torch.float32, "fp32: this CPU has no AMX/AVX512-BF16 (bf16 would be slow)"
+
+
+def _short(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(
+        dtype, str(dtype).replace("torch.", ""))
+
+
+def choose_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """The dtype of :func:`dtype_choice` (an explicit choice, then ``$S3_RETRIEVER_DTYPE``,
+    then bf16 on CUDA or a CPU with fast bf16, else fp32)."""
+    return dtype_choice(device, dtype)[0]
 
 
 def embedded_model_dir(name: str) -> Path:
@@ -292,8 +329,9 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
         name_or_path: ``"smollm2-135m"`` (the embedded default), a local transformers
             folder, a ``.gguf`` file, or a Hugging Face Hub id.
         device: ``"cuda"``/``"cpu"``/a torch device; default cuda when available.
-        dtype: ``"bf16"``/``"fp32"``/a torch dtype; default bf16 on CUDA or on a CPU with
-            AMX/AVX512-BF16, else fp32.
+        dtype: ``"bf16"``/``"fp32"``/a torch dtype; default ``$S3_RETRIEVER_DTYPE`` when
+            set, else bf16 on CUDA or on a CPU with AMX/AVX512-BF16, else fp32
+            (see :func:`dtype_choice`).
 
     Raises:
         ModelLoadError: unknown name, missing model package, unreachable Hub.
@@ -306,8 +344,13 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"model must be a name or path, got {type(name_or_path).__name__}")
     dev = choose_device(device)
-    dt = choose_dtype(dev, dtype)
-    name = os.fspath(name_or_path)
+    dt, why = dtype_choice(dev, dtype)
+    lm = _load(os.fspath(name_or_path), dev, dt)
+    lm.dtype_reason = why
+    return lm
+
+
+def _load(name: str, dev: torch.device, dt: torch.dtype) -> LoadedModel:
     path = Path(name).expanduser()
 
     if name in EMBEDDED_MODELS:

@@ -24,3 +24,11 @@ def saes():
     """The SAEs the adapter tests build indexes with: None selects the ones shipped for the
     default model (the package must ship them; test_real_model checks they load)."""
     return None
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that uses the real model (the ``lm`` fixture, directly or through another
+    fixture) is marked ``model``: ``pytest -m model`` reruns them in the other dtype."""
+    for item in items:
+        if "lm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.model)

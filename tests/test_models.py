@@ -69,6 +69,7 @@ def test_local_folder(lm, tmp_path):
 
 
 def test_dtype_choice(monkeypatch):
+    monkeypatch.delenv(models.DTYPE_ENV, raising=False)
     assert choose_dtype(torch.device("cuda")) == torch.bfloat16
     assert choose_dtype(torch.device("cpu"), "fp32") == torch.float32
     monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
@@ -77,3 +78,27 @@ def test_dtype_choice(monkeypatch):
     assert choose_dtype(torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype"):
         choose_dtype(torch.device("cpu"), "int3")
+
+
+def test_dtype_from_the_environment(monkeypatch):
+    """$S3_RETRIEVER_DTYPE overrides the hardware choice, an explicit dtype overrides both,
+    and a bad value names the variable."""
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setenv(models.DTYPE_ENV, "fp32")
+    assert models.dtype_choice(torch.device("cpu")) == (
+        torch.float32, "fp32: set by $S3_RETRIEVER_DTYPE")
+    assert choose_dtype(torch.device("cuda")) == torch.float32
+    assert choose_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
+    monkeypatch.setenv(models.DTYPE_ENV, " BF16 ")
+    monkeypatch.setattr(models, "cpu_has_fast_bf16", lambda: False)
+    assert choose_dtype(torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setenv(models.DTYPE_ENV, "float64")
+    with pytest.raises(ValueError, match=r"S3_RETRIEVER_DTYPE"):
+        choose_dtype(torch.device("cpu"))
+    monkeypatch.setenv(models.DTYPE_ENV, "")
+    assert models.dtype_choice(torch.device("cpu"))[1].startswith("fp32: this CPU has no")
+
+
+def test_loaded_model_says_why_it_has_its_dtype(lm):
+    want = "bf16" if lm.dtype == torch.bfloat16 else "fp32"
+    assert lm.dtype_reason.startswith(want + ": ")

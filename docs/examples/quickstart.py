@@ -23,5 +23,5 @@ index = S3Index.from_model()  # the embedded SmolLM2-135M and its SAEs
 index.add_texts([TEXT], ids=["varnholm"], show_progress=False)
 for span in index.search("Who built the lighthouse?", k=1):  # the best evidence span
     print(f"{span.doc_id}[{span.start_char}:{span.end_char}] {span.text!r}")
-print(index.answer("Who built the lighthouse?").text)  # KV-free: from the spans only
+print("answer:", index.answer("Who built the lighthouse?").text)  # KV-free: spans only
 # --8<-- [end:five-lines]

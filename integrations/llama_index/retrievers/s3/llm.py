@@ -7,8 +7,9 @@ scan or a search on the same model.
 Example:
     >>> from llama_index.retrievers.s3 import S3LocalLLM
     >>> llm = S3LocalLLM("smollm2-135m", max_new_tokens=16)
-    >>> llm.complete("What is the capital of France?").text
-    'The capital of France is Paris.'
+    >>> reply = llm.complete("What is the capital of France?").text
+    >>> isinstance(reply, str) and len(reply.strip()) > 0  # greedy text differs by dtype
+    True
 """
 
 from __future__ import annotations
