@@ -59,8 +59,8 @@ EVAL_ARGS ?= --datasets hotpotqa squad needle --contexts 8000 32000 --n-question
 EVAL_128K_ARGS ?= --datasets hotpotqa --contexts 128000 --n-questions 50 \
 	--budgets 512 1024 2048 4096 --search-per-budget --generate 0 --out benchmarks/results/quality_128k.json --docs docs/128k
 eval: setup-dev
-	$(VENV)/bin/s3-retriever eval --threads 2 --index-cache runs/eval-index $(EVAL_ARGS)
-	$(if $(strip $(EVAL_128K_ARGS)),$(VENV)/bin/s3-retriever eval --threads 2 --index-cache runs/eval-index-128k $(EVAL_128K_ARGS))
+	$(VENV)/bin/s3-retriever eval --threads 2 --overwrite --index-cache runs/eval-index $(EVAL_ARGS)
+	$(if $(strip $(EVAL_128K_ARGS)),$(VENV)/bin/s3-retriever eval --threads 2 --overwrite --index-cache runs/eval-index-128k $(EVAL_128K_ARGS))
 
 # The recorded performance run of docs/benchmarks.md (section 6): scan overhead, kernels,
 # index size, query latency at 100k/1M tokens, memory (~25 min on 2 cores; the rest of the

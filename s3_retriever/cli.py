@@ -18,19 +18,45 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from s3_retriever import validate
+from s3_retriever.errors import InvalidInputError, S3Error
 from s3_retriever.models import DEFAULT_MODEL
 
 
-def _read_texts(files: Sequence[str]) -> tuple[list[str], list[dict], list[str]]:
+def read_text_file(path: str, encoding: str | None = None, errors: str = "strict") -> str:
+    """The text of a file to index: UTF-8 by default; binary or undecodable files are refused
+    unless ``encoding`` or ``errors="replace"`` says how to read them.
+
+    Raises:
+        InvalidInputError: not a file, binary, or not decodable (the message says what to do).
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise InvalidInputError(f"{path}: is a folder; give text files to index")
+    if not p.is_file():
+        raise InvalidInputError(f"{path}: no such file")
+    data = p.read_bytes()
+    if encoding is None and errors == "strict" and b"\x00" in data[:8192]:
+        raise InvalidInputError(f"{path}: looks binary (NUL bytes), not text; convert it to "
+                                "text first, or pass --errors replace to index it anyway")
+    try:
+        return data.decode(encoding or "utf-8-sig", errors=errors)
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(
+            f"{path}: not valid {encoding or 'UTF-8'} (byte {e.start}); pass --encoding with "
+            "the file's encoding (e.g. latin-1) or --errors replace") from None
+    except LookupError:
+        raise InvalidInputError(f"--encoding {encoding!r}: unknown encoding") from None
+
+
+def _read_texts(a: argparse.Namespace) -> tuple[list[str], list[dict], list[str]]:
     texts, metas, ids = [], [], []
-    for f in files:
-        p = Path(f)
-        if not p.is_file():
-            raise SystemExit(f"error: no such file: {f}")
-        text = p.read_text(encoding="utf-8", errors="replace")
+    for f in a.files:
+        text = read_text_file(f, a.encoding, a.errors)
         if not text.strip():
             print(f"warning: skipping empty file {f}", file=sys.stderr)
             continue
+        p = Path(f)
         texts.append(text)
         metas.append({"source": str(p)})
         ids.append(p.name if p.name not in ids else str(p))
@@ -53,11 +79,13 @@ def _print_spans(spans, as_json: bool) -> None:
 
 
 def cmd_index(a: argparse.Namespace) -> int:
-    from s3_retriever.engine import S3Index
+    from s3_retriever import storage
+    from s3_retriever.engine import INDEX_KIND, S3Index
 
-    texts, metas, ids = _read_texts(a.files)
+    storage.check_target(a.out, INDEX_KIND, a.overwrite)  # before the (long) scan
+    texts, metas, ids = _read_texts(a)
     if not texts:
-        raise SystemExit("error: nothing to index (all files empty)")
+        raise InvalidInputError("nothing to index (all files empty)")
     settings = {}
     if a.chunk_tokens:
         settings["chunk_tokens"] = a.chunk_tokens
@@ -66,7 +94,7 @@ def cmd_index(a: argparse.Namespace) -> int:
     start = time.perf_counter()
     index.add_texts(texts, metas, ids, show_progress=not a.quiet)
     seconds = time.perf_counter() - start
-    index.save(a.out)
+    index.save(a.out, overwrite=a.overwrite)
     st = index.stats()
     print(f"indexed {st['documents']} document(s), {st['tokens']} tokens -> {a.out} "
           f"(scan: {st['tokens'] / seconds:,.0f} tokens/s)")
@@ -76,8 +104,17 @@ def cmd_index(a: argparse.Namespace) -> int:
     return 0
 
 
+def _check_search_args(a: argparse.Namespace) -> None:
+    """The numbers a search takes, checked before the model loads."""
+    validate.optional_positive_int(a.k, "k")
+    validate.optional_positive_int(a.budget, "budget_tokens")
+    validate.positive_int(getattr(a, "max_new_tokens", 1), "max_new_tokens")
+
+
 def cmd_search(a: argparse.Namespace) -> int:
     from s3_retriever.engine import S3Index
+
+    _check_search_args(a)
 
     index = S3Index.load(a.index, device=a.device, dtype=a.dtype)
     spans = index.search(a.question, k=a.k, budget_tokens=a.budget, mode=a.mode)
@@ -88,8 +125,11 @@ def cmd_search(a: argparse.Namespace) -> int:
 def cmd_ask(a: argparse.Namespace) -> int:
     from s3_retriever.engine import S3Index
 
+    _check_search_args(a)
+
     index = S3Index.load(a.index, device=a.device, dtype=a.dtype)
-    ans = index.answer(a.question, budget_tokens=a.budget or 1024, mode=a.mode,
+    ans = index.answer(a.question, budget_tokens=1024 if a.budget is None else a.budget,
+                       mode=a.mode,
                        max_new_tokens=a.max_new_tokens)
     if a.json:
         print(json.dumps({"answer": ans.text, "prompt_tokens": ans.prompt_tokens,
@@ -102,19 +142,21 @@ def cmd_ask(a: argparse.Namespace) -> int:
 
 
 def cmd_train_sae(a: argparse.Namespace) -> int:
+    from s3_retriever import storage
     from s3_retriever.models import load_model
+    from s3_retriever.sae import is_sae_folder
     from s3_retriever.training import train_model_saes
 
+    storage.check_folder_output(a.out, overwrite=a.overwrite, recognise=is_sae_folder)
+    texts = [read_text_file(f, a.encoding, a.errors) for f in a.texts] if a.texts else None
     lm = load_model(a.model, a.device, a.dtype)
-    texts = None
-    if a.texts:
-        texts = [Path(f).read_text(encoding="utf-8", errors="replace") for f in a.texts]
     report = train_model_saes(lm, a.layers, a.out, num_latents=a.num_latents, k=a.k,
                               texts=texts, max_tokens=a.max_tokens, steps=a.steps,
                               epochs=a.epochs, auxk_alpha=a.auxk_alpha, lr=a.lr,
                               heads=([tuple(int(x) for x in h.split(":")) for h in a.heads]
                                      if a.heads and a.per_head else None),
-                              device=a.device, show_progress=not a.quiet)
+                              device=a.device, overwrite=a.overwrite,
+                              show_progress=not a.quiet)
     if a.heads:
         from s3_retriever.calibration import add_query_means
         from s3_retriever.storage import write_json
@@ -176,8 +218,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     from s3_retriever.calibration import head_recalls
     from s3_retriever.evaluation.data import hotpotqa_benchmark
     from s3_retriever.models import load_model
-    from s3_retriever.storage import write_json
+    from s3_retriever.storage import check_output_file, write_json
 
+    check_output_file(a.out, a.overwrite)
     lm = load_model(a.model, a.device, a.dtype)
 
     def count(text: str) -> int:
@@ -219,9 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
         q.add_argument("--dtype", default=None, help="bf16 or fp32 (default: by hardware)")
 
+    def input_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--encoding", default=None,
+                       help="the files' text encoding (default: UTF-8; binary files refused)")
+        q.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                       help="replace: index undecodable bytes as U+FFFD instead of refusing")
+
+    def overwrite_arg(q: argparse.ArgumentParser, what: str) -> None:
+        q.add_argument("--overwrite", action="store_true",
+                       help=f"replace {what} already at --out (never other files)")
+
     q = sub.add_parser("index", help="scan text files into an index folder")
     q.add_argument("files", nargs="+")
-    q.add_argument("--out", required=True)
+    q.add_argument("--out", required=True, help="a new or empty folder (or an index, with "
+                                                "--overwrite)")
+    overwrite_arg(q, "an index")
+    input_args(q)
     q.add_argument("--model", default=DEFAULT_MODEL)
     q.add_argument("--saes", default=None, help="SAE folder (default: the shipped SAEs)")
     q.add_argument("--chunk-tokens", type=int, default=None)
@@ -262,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--per-head", action="store_true",
                    help="train each layer's SAE only on the --heads queries and the keys of "
                         "their kv heads (default: every head of the layer)")
-    q.add_argument("--out", required=True)
+    q.add_argument("--out", required=True, help="a new or empty folder")
+    overwrite_arg(q, "an SAE folder")
+    input_args(q)
     q.add_argument("--quiet", action="store_true")
     model_args(q)
     q.set_defaults(func=cmd_train_sae)
@@ -278,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--data", default=None, help="folder with the QA data (default ../shared/data)")
     q.add_argument("--out", required=True, help="heads.json to write")
+    overwrite_arg(q, "the file")
     q.add_argument("--query-mean-tokens", type=int, default=50_000,
                    help="generic-text tokens for each chosen head's mean query (0: none)")
     q.add_argument("--quiet", action="store_true")
@@ -319,8 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (S3Error, ValueError, TypeError, KeyError, OSError) as e:
+        # a user mistake or a refused file: one line, no traceback
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

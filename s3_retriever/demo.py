@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"document: {doc} ({len(text):,} chars built from HotpotQA paragraphs, "
               "CC BY-SA 4.0)")
     index_dir = out / "index"
-    print(f"\n$ s3-retriever index {doc} --out {index_dir}")
+    print(f"\n$ s3-retriever index {doc} --out {index_dir} --overwrite")
     t = time.perf_counter()
-    rc = cli_main(["index", str(doc), "--out", str(index_dir)])
+    rc = cli_main(["index", str(doc), "--out", str(index_dir), "--overwrite"])
     print(f"({time.perf_counter() - t:.1f} s)")
     if rc:
         return rc

@@ -28,14 +28,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from s3_retriever import lexical
+from s3_retriever import lexical, storage, validate
+from s3_retriever.errors import (
+    EmptyIndexError,
+    IndexFormatError,
+    InvalidInputError,
+    SAEError,
+    UnknownDocumentError,
+)
 from s3_retriever.fusion import FUSION_FILE, LearnedFusion, head_name
 from s3_retriever.generate import Answer, answer_from_spans
 from s3_retriever.hooks import QKHooks
 from s3_retriever.index import DocRecord, InvertedIndex, Postings, Segment
 from s3_retriever.lexical import BM25Index
 from s3_retriever.models import DEFAULT_MODEL, LoadedModel, load_model
-from s3_retriever.sae import SAEError, TopKSAE, load_saes, save_saes
+from s3_retriever.sae import TopKSAE, load_saes, save_saes
 from s3_retriever.scan import Scanner, hookpoint_layer, postings_name, tokenize_document
 from s3_retriever.scoring import SCORERS, HeadWeight, attention_scores, query_feature_weights
 from s3_retriever.spans import (
@@ -50,21 +57,12 @@ from s3_retriever.spans import (
     split_sentences,
     token_sentence_map,
 )
-from s3_retriever.storage import (
-    IndexFormatError,
-    atomic_folder,
-    read_manifest,
-    write_json,
-    write_manifest,
-)
+from s3_retriever.storage import read_json, write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+INDEX_KIND = "s3-retriever-index"
 MODES = ("hybrid", "s3", "bm25")
 FUSIONS = ("linear", "rrf", "learned")
-
-
-class EmptyIndexError(ValueError):
-    """A search or answer on an index that holds no documents."""
 
 
 @dataclass
@@ -112,25 +110,34 @@ class S3Settings:
     rrf_k: int = 60
 
     def validate(self) -> S3Settings:
-        if self.scorer not in SCORERS:
-            raise ValueError(f"scorer must be one of {SCORERS}, got {self.scorer!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if not 0.0 <= float(self.fusion_weight) <= 1.0:
-            raise ValueError(f"fusion_weight must be in [0, 1], got {self.fusion_weight}")
-        if self.chunk_tokens is not None and self.chunk_tokens <= 0:
-            raise ValueError(f"chunk_tokens must be > 0, got {self.chunk_tokens}")
-        if self.span_tokens != "auto" and (isinstance(self.span_tokens, bool) or
-                                           not isinstance(self.span_tokens, int)):
-            raise ValueError(f"span_tokens must be an int >= 0 or 'auto', got "
-                             f"{self.span_tokens!r}")
-        if self.context_tokens < 0 or self.smooth_window < 1 or \
-                (self.span_tokens != "auto" and self.span_tokens < 0):
-            raise ValueError("context_tokens >= 0, smooth_window >= 1, span_tokens >= 0")
-        if not 0.0 < self.max_df_fraction <= 1.0:
-            raise ValueError(f"max_df_fraction must be in (0, 1], got {self.max_df_fraction}")
+        """Check every field's type and range (settings read from disk included).
+
+        Raises:
+            InvalidInputError: the first bad field, named.
+        """
+        validate.choice(self.scorer, SCORERS, "scorer")
+        validate.choice(self.mode, MODES, "mode")
+        validate.choice(self.fusion, FUSIONS, "fusion")
+        validate.fraction(self.fusion_weight, "fusion_weight")
+        validate.optional_positive_int(self.chunk_tokens, "chunk_tokens")
+        validate.positive_int(self.smooth_window, "smooth_window")
+        validate.positive_int(self.rrf_k, "rrf_k")
+        if self.context_tokens != 0:
+            validate.positive_int(self.context_tokens, "context_tokens (or 0)")
+        if self.span_tokens not in ("auto", 0):
+            validate.positive_int(self.span_tokens, "span_tokens (or 0 or 'auto')")
+        if type(self.query_mean) is not bool:
+            raise InvalidInputError(f"query_mean must be True or False, got "
+                                    f"{self.query_mean!r}")
+        if isinstance(self.max_df_fraction, bool) or \
+                not isinstance(self.max_df_fraction, (int, float)) or \
+                not 0.0 < self.max_df_fraction <= 1.0:
+            raise InvalidInputError(f"max_df_fraction must be in (0, 1], got "
+                                    f"{self.max_df_fraction!r}")
+        if self.heads is not None and (not isinstance(self.heads, list) or not all(
+                isinstance(h, (list, tuple)) and len(h) >= 2 for h in self.heads)):
+            raise InvalidInputError("heads must be None or a list of [hookpoint, head, "
+                                    "weight(, mean query)] entries")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,10 +145,13 @@ class S3Settings:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> S3Settings:
+        if not isinstance(d, Mapping):
+            raise InvalidInputError(f"settings must be a dict, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(names)}")
+            raise InvalidInputError(f"unknown settings {sorted(map(str, unknown))}; known: "
+                                    f"{sorted(names)}")
         return cls(**dict(d)).validate()
 
 
@@ -149,33 +159,6 @@ def shipped_sae_dir(model_id: str) -> Path | None:
     """The folder of the SAEs shipped in the package for ``model_id``, if any."""
     folder = Path(str(resources.files("s3_retriever") / "saes" / model_id))
     return folder if folder.is_dir() else None
-
-
-def _match(meta: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
-    for key, cond in filters.items():
-        has = key in meta
-        val = meta.get(key)
-        if isinstance(cond, Mapping):
-            for op, arg in cond.items():
-                if op == "$eq":
-                    ok = has and val == arg
-                elif op == "$ne":
-                    ok = not has or val != arg
-                elif op == "$in":
-                    ok = has and val in list(arg)
-                elif op == "$nin":
-                    ok = not has or val not in list(arg)
-                else:
-                    raise ValueError(f"unknown filter operator {op!r} for {key!r}; "
-                                     "use $eq, $ne, $in or $nin")
-                if not ok:
-                    return False
-        elif isinstance(cond, (list, tuple, set, frozenset)):
-            if not has or val not in list(cond):
-                return False
-        elif not has or val != cond:
-            return False
-    return True
 
 
 def _contiguous(ranges: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
@@ -210,7 +193,8 @@ class S3Index:
         self.fusion_model = fusion_model
         self.lm = lm
         self.saes = dict(saes)
-        self.settings = (settings or S3Settings()).validate()
+        # a copy: the caller's settings object is never changed
+        self.settings = dataclasses.replace(settings or S3Settings()).validate()
         if self.settings.chunk_tokens is None:
             self.settings.chunk_tokens = 2048 if lm.device.type == "cuda" else 512
         self.heads = self._resolve_heads(self.settings.heads or heads)
@@ -325,33 +309,35 @@ class S3Index:
         Everything is validated before the scan: a non-str or empty text, a duplicate id or
         a metadata that is not JSON-serialisable raises and leaves the index unchanged.
         """
-        if isinstance(texts, (str, bytes)):
-            raise TypeError("add_texts takes a list of strings, not a single string")
-        texts = list(texts)
+        if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+            raise InvalidInputError("add_texts takes a list of strings, not "
+                                    f"{type(texts).__name__}; wrap a single text: [text]")
+        texts = [validate.text(t, f"text {i}") for i, t in enumerate(texts)]
         if not texts:
             return []
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"text {i} is {type(t).__name__}, not str")
-            if not t.strip():
-                raise ValueError(f"text {i} is empty or whitespace only")
-        if metadatas is not None and len(metadatas) != len(texts):
-            raise ValueError(f"{len(metadatas)} metadatas for {len(texts)} texts")
-        if ids is not None and len(ids) != len(texts):
-            raise ValueError(f"{len(ids)} ids for {len(texts)} texts")
-        ids = [str(i) for i in ids] if ids is not None else [uuid.uuid4().hex for _ in texts]
-        metas = [dict(m) if m else {} for m in (metadatas or [None] * len(texts))]
-        for i, m in zip(ids, metas):
-            try:
-                json.dumps(m, allow_nan=False)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"metadata of document {i!r} is not JSON-serialisable: {e}") \
-                    from None
+        if metadatas is not None:
+            if isinstance(metadatas, (str, bytes, Mapping)) or not isinstance(metadatas, Sequence):
+                raise InvalidInputError("metadatas must be a list of dicts (one per text), "
+                                        f"got {type(metadatas).__name__}")
+            if len(metadatas) != len(texts):
+                raise InvalidInputError(f"{len(metadatas)} metadatas for {len(texts)} texts")
+        if ids is not None:
+            if isinstance(ids, (str, bytes, Mapping)) or not isinstance(ids, Sequence):
+                raise InvalidInputError("ids must be a list of str (one per text), got "
+                                        f"{type(ids).__name__}")
+            if len(ids) != len(texts):
+                raise InvalidInputError(f"{len(ids)} ids for {len(texts)} texts")
+            ids = [validate.doc_id(i, f"ids[{n}]") for n, i in enumerate(ids)]
+        else:
+            ids = [uuid.uuid4().hex for _ in texts]
+        metas = [validate.metadata(m, f"metadatas[{n}]")
+                 for n, m in enumerate(metadatas or [None] * len(texts))]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         with self._lock:
             dup += [i for i in ids if i in self.index]
         if dup:
-            raise ValueError(f"duplicate document ids: {sorted(set(dup))}")
+            raise InvalidInputError(f"duplicate document ids: {sorted(set(dup))}; delete the "
+                                    "old document first, or give new ids")
 
         scanned = self.scanner.scan(texts, show_progress=show_progress)
         offsets = np.cumsum([0] + [d.n_tokens for d in scanned])
@@ -382,6 +368,9 @@ class S3Index:
         """Add documents given as objects with ``page_content``/``text``, ``metadata`` and an
         optional ``id``/``id_``/``doc_id`` (LangChain and LlamaIndex documents work), or as
         dicts with the same keys."""
+        if isinstance(documents, (str, bytes, Mapping)) or not isinstance(documents, Iterable):
+            raise InvalidInputError("add_documents takes a list of documents, not "
+                                    f"{type(documents).__name__}")
         texts, metas, ids = [], [], []
         for d in documents:
             get = d.get if isinstance(d, Mapping) else lambda k, _d=d: getattr(_d, k, None)
@@ -389,29 +378,35 @@ class S3Index:
             if text is None:
                 text = get("text")
             texts.append(text)
-            metas.append(dict(get("metadata") or {}))
+            metas.append(get("metadata"))  # checked by add_texts
             ids.append(get("id") or get("id_") or get("doc_id"))
         if any(i is None for i in ids):
             ids = [i if i is not None else uuid.uuid4().hex for i in ids]
         return self.add_texts(texts, metas, ids, show_progress=show_progress)
 
     def delete(self, ids: Iterable[str]) -> None:
-        """Remove documents by id (tombstones; unknown ids raise KeyError, nothing deleted).
+        """Remove documents by id (tombstones). Unknown ids raise
+        :class:`~s3_retriever.errors.UnknownDocumentError` (a ``KeyError``); nothing is deleted.
 
         The BM25 statistics are rebuilt without the deleted documents (cost grows with the
         number of sentences indexed), so no score depends on deleted text.
         """
-        ids = [ids] if isinstance(ids, str) else list(ids)
+        ids = validate.id_list(ids, "ids")
         with self._lock:
+            unknown = [i for i in dict.fromkeys(ids) if i not in self.index]
+            if unknown:
+                raise UnknownDocumentError(f"unknown document ids: {unknown[:10]}; nothing "
+                                           "deleted")
             self.index.delete(ids)
             self._reset_units()
             self._add_units(0)
 
     def get_document(self, doc_id: str) -> DocRecord:
         """The stored record (text, metadata) of a live document."""
+        validate.doc_id(doc_id, "doc_id")
         with self._lock:
             if doc_id not in self.index:
-                raise KeyError(f"no document {doc_id!r}")
+                raise UnknownDocumentError(f"no document {doc_id!r}")
             return self.index.get(doc_id)
 
     # ----------------------------------------------------------------- lexical units
@@ -458,7 +453,7 @@ class S3Index:
         ids, _ = tokenize_document(self.lm.tokenizer, question)
         n_sink = len(self.lm.sink_ids)
         if len(ids) + n_sink > self.lm.max_length:
-            raise ValueError(f"the query is {len(ids)} tokens, longer than the model's context "
+            raise InvalidInputError(f"the query is {len(ids)} tokens, longer than the model's context "
                              f"of {self.lm.max_length} tokens")
         layers = {hw.hookpoint: hookpoint_layer(hw.hookpoint) for hw in self.heads}
         with self.lm.lock, QKHooks(self.lm.model, sorted(set(layers.values())),
@@ -468,17 +463,17 @@ class S3Index:
 
     def _candidate_rows(self, filters: Mapping[str, Any] | None,
                         doc_ids: Collection[str] | None = None) -> list[int]:
-        if filters is not None and not isinstance(filters, Mapping):
-            raise TypeError(f"filters must be a dict of metadata conditions, got "
-                            f"{type(filters).__name__}")
+        filters = validate.filters(filters)
         if doc_ids is not None:
             if isinstance(doc_ids, str):
-                raise TypeError("doc_ids must be a collection of ids, not a single string")
-            rows = sorted(self.index.row_of(d) for d in set(doc_ids) if d in self.index)
+                raise InvalidInputError("doc_ids must be a collection of ids, not a single "
+                                        "string: wrap it, [doc_id]")
+            wanted = set(validate.id_list(doc_ids, "doc_ids"))
+            rows = sorted(self.index.row_of(d) for d in wanted if d in self.index)
             docs = self.index.docs
-            return [r for r in rows if not filters or _match(docs[r].metadata, filters)]
+            return [r for r in rows if not filters or validate.matches(docs[r].metadata, filters)]
         return [row for row, rec in enumerate(self.index.docs)
-                if not rec.deleted and (not filters or _match(rec.metadata, filters))]
+                if not rec.deleted and (not filters or validate.matches(rec.metadata, filters))]
 
     def _s3_token_scores(self, question: str, rows: list[int], per_head: bool = False
                          ) -> list[np.ndarray]:
@@ -598,26 +593,19 @@ class S3Index:
             :class:`~s3_retriever.spans.Span` objects whose ``text`` is exactly
             ``document[start_char:end_char]``.
         """
-        if not isinstance(query, str):
-            raise TypeError(f"query must be str, got {type(query).__name__}")
-        if not query.strip():
-            raise ValueError("query is empty")
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k <= 0):
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        if budget_tokens is not None and (not isinstance(budget_tokens, int) or budget_tokens <= 0):
-            raise ValueError(f"budget_tokens must be a positive integer, got {budget_tokens!r}")
+        if isinstance(query, str) and not query.strip():
+            raise InvalidInputError("query is empty")
+        validate.text(query, "query")
+        validate.optional_positive_int(k, "k")
+        validate.optional_positive_int(budget_tokens, "budget_tokens")
         if k is None and budget_tokens is None:
-            raise ValueError("give k, budget_tokens or both")
-        mode = mode or self.settings.mode
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        fusion = fusion or self.settings.fusion
-        fusion_weight = self.settings.fusion_weight if fusion_weight is None else fusion_weight
-        rrf_k = self.settings.rrf_k if rrf_k is None else rrf_k
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-        if not 0.0 <= float(fusion_weight) <= 1.0:
-            raise ValueError(f"fusion_weight must be in [0, 1], got {fusion_weight}")
+            raise InvalidInputError("give k, budget_tokens or both")
+        mode = validate.choice(mode or self.settings.mode, MODES, "mode")
+        fusion = validate.choice(fusion or self.settings.fusion, FUSIONS, "fusion")
+        fusion_weight = validate.fraction(
+            self.settings.fusion_weight if fusion_weight is None else fusion_weight,
+            "fusion_weight")
+        rrf_k = validate.positive_int(self.settings.rrf_k if rrf_k is None else rrf_k, "rrf_k")
         with self._lock:
             if len(self.index) == 0:
                 raise EmptyIndexError("the index is empty: add documents before searching")
@@ -705,6 +693,7 @@ class S3Index:
         The model sees only the spans (in document order) and the question, never the
         indexed documents' KV cache; memory does not grow with the index.
         """
+        validate.positive_int(max_new_tokens, "max_new_tokens")
         spans = self.search(question, k=k, budget_tokens=budget_tokens, mode=mode,
                             filters=filters, doc_ids=doc_ids)
         order = {rec.doc_id: row for row, rec in enumerate(self.index.docs)}
@@ -721,17 +710,26 @@ class S3Index:
                     "index_bytes_per_token": nbytes / n if n else math.nan,
                     "kv_bytes_per_token": self.lm.kv_bytes_per_token(2)}
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the index to ``path`` atomically (a folder; replaced if it exists)."""
-        path = Path(path)
-        with self._lock, atomic_folder(path) as tmp:
-            self.index.save(tmp)
-            save_saes(self.saes, tmp / "saes")
-            write_json(tmp / "heads.json", {"heads": [h.to_entry() for h in self.heads]})
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the index to the folder ``path``, atomically.
+
+        ``path`` must be new or an empty folder; replacing an index saved there before needs
+        ``overwrite=True``, and a folder of other files is never touched. A reader of
+        ``path`` finds the complete old or the complete new index at every instant, even if
+        this process is killed mid-save (see docs/guarantees.md). Through a symlink, the
+        link's target is updated.
+
+        Raises:
+            OutputExistsError: ``path`` is a file or a folder of other files, or already
+                holds an index and ``overwrite`` is False. Nothing is written.
+        """
+        with self._lock, storage.commit(path, INDEX_KIND, overwrite=overwrite) as c:
+            self.index.save(c.folder)
+            save_saes(self.saes, c.folder / "saes")
+            write_json(c.folder / "heads.json", {"heads": [h.to_entry() for h in self.heads]})
             if self.fusion_model is not None:
-                self.fusion_model.save(tmp / FUSION_FILE)
-            write_manifest(tmp, {
-                "format": "s3-retriever-index",
+                self.fusion_model.save(c.folder / FUSION_FILE)
+            c.manifest.update({
                 "format_version": FORMAT_VERSION,
                 "model": {"id": self.lm.model_id, "fingerprint": self.lm.fingerprint},
                 "saes": {hp: sae.content_hash() for hp, sae in sorted(self.saes.items())},
@@ -739,46 +737,65 @@ class S3Index:
                 "documents": len(self.index),
                 "tokens": int(self.index.n_tokens),
             })
-        return path
+        return Path(path)
+
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether ``path`` holds an index saved by :meth:`save` (not verified: see
+        :meth:`load`)."""
+        return storage.folder_state(path, INDEX_KIND) == "ours"
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, model: str | LoadedModel | None = None,
              device: str | None = None, dtype: str | None = None, mmap: bool = True) -> S3Index:
-        """Open a saved index (verified: format version, file hashes, model and SAE hashes).
+        """Open a saved index, verified byte for byte before anything is used.
+
+        The pointer and manifest checksums, every file's size and SHA-256, the absence of
+        unlisted files, the format version, the settings (validated as in code), the model
+        and SAE hashes, and the document and token counts are all checked. Leftovers of an
+        interrupted save are removed.
 
         Raises:
-            FileNotFoundError: no folder at ``path``.
-            IndexFormatError: corrupt, truncated or edited files, another format version, or
-                a model / SAE that differs from the one the index was built with.
+            IndexNotFoundError: no index at ``path`` (missing, a file, another folder).
+            IndexFormatError: anything that does not verify, another format version, or a
+                model / SAE that differs from the one the index was built with.
         """
-        path = Path(path)
-        manifest = read_manifest(path, verify=True, format_version=FORMAT_VERSION)
-        try:
-            mid, mfp = manifest["model"]["id"], manifest["model"]["fingerprint"]
-            settings = S3Settings.from_dict(manifest["settings"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise IndexFormatError(f"{path / 'manifest.json'}: bad model/settings entry ({e})") \
-                from None
-        lm = model if isinstance(model, LoadedModel) else load_model(model or mid, device, dtype)
-        if lm.fingerprint != mfp:
-            raise IndexFormatError(
-                f"{path}: the index was built with model {mid!r} ({mfp}) but the loaded model "
-                f"{lm.model_id!r} is {lm.fingerprint}; rebuild the index for this model")
-        try:
-            saes = load_saes(path / "saes", device="cpu")
-        except SAEError as e:
-            raise IndexFormatError(f"{path}: {e}") from None
-        for hp, h in manifest.get("saes", {}).items():
-            if hp not in saes or saes[hp].content_hash() != h:
-                raise IndexFormatError(f"{path}: SAE {hp} does not match the manifest hash")
-        heads = json.loads((path / "heads.json").read_text(encoding="utf-8"))["heads"]
-        fusion_model = (LearnedFusion.load(path / FUSION_FILE)
-                        if (path / FUSION_FILE).is_file() else None)
-        out = cls(lm, saes, settings, heads=heads, fusion_model=fusion_model)
-        out.index = InvertedIndex.load(path, mmap=mmap)
+        with storage.open_committed(path, INDEX_KIND, format_version=FORMAT_VERSION) as snap:
+            folder, m = snap.folder, snap.manifest
+            where = f"{Path(path) / snap.folder.name / storage.MANIFEST_NAME}"
+            try:
+                mid, mfp = m["model"]["id"], m["model"]["fingerprint"]
+                sae_hashes = dict(m["saes"])
+                settings = S3Settings.from_dict(m["settings"])
+                counts = (m["documents"], m["tokens"])
+                if not (isinstance(mid, str) and isinstance(mfp, str)
+                        and all(type(x) is int for x in counts)):
+                    raise TypeError("model id, fingerprint and counts have the wrong types")
+            except (KeyError, TypeError, ValueError) as e:
+                raise IndexFormatError(f"{where}: bad entry ({e})") from None
+            lm = model if isinstance(model, LoadedModel) else load_model(model or mid, device,
+                                                                          dtype)
+            if lm.fingerprint != mfp:
+                raise IndexFormatError(
+                    f"{path}: the index was built with model {mid!r} ({mfp}) but the loaded "
+                    f"model {lm.model_id!r} is {lm.fingerprint}; rebuild the index for it")
+            try:
+                saes = load_saes(folder / "saes", device="cpu")
+                if {hp: sae.content_hash() for hp, sae in saes.items()} != sae_hashes:
+                    raise SAEError("the SAEs do not match the manifest's hashes")
+                heads = read_json(folder / "heads.json")["heads"]
+                fusion_model = (LearnedFusion.load(folder / FUSION_FILE)
+                                if (folder / FUSION_FILE).is_file() else None)
+                out = cls(lm, saes, settings, heads=heads, fusion_model=fusion_model)
+            except (KeyError, TypeError, ValueError) as e:  # SAEError is a ValueError
+                raise IndexFormatError(f"{path}: {e}") from None
+            out.index = InvertedIndex.load(folder, mmap=mmap)
         if sorted(out.index.hookpoints) != sorted(out.scanner.names):
             raise IndexFormatError(f"{path}: postings {sorted(out.index.hookpoints)} do not "
                                    f"match the heads' kv heads {sorted(out.scanner.names)}")
+        if (len(out.index), out.index.n_tokens) != counts:
+            raise IndexFormatError(f"{where}: says {counts[0]} documents and {counts[1]} tokens,"
+                                   f" the data holds {len(out.index)} and {out.index.n_tokens}")
         out._add_units(0)
         return out
 
@@ -787,4 +804,5 @@ class S3Index:
                 f"tokens={self.index.n_tokens}, hookpoints={sorted(self.saes)})")
 
 
-__all__ = ["S3Index", "S3Settings", "EmptyIndexError", "Span", "Answer", "FORMAT_VERSION"]
+__all__ = ["S3Index", "S3Settings", "EmptyIndexError", "Span", "Answer", "FORMAT_VERSION",
+           "INDEX_KIND"]

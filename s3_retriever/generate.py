@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from s3_retriever.errors import InvalidInputError
 from s3_retriever.models import LoadedModel
 from s3_retriever.spans import Span, order_for_prompt
 
@@ -88,7 +89,7 @@ def generate(lm: LoadedModel, messages: list[dict[str, str]], *, max_new_tokens:
     """
     ids = prompt_ids(lm, messages)
     if len(ids) + max_new_tokens > lm.max_length:
-        raise ValueError(f"the prompt is {len(ids)} tokens; with {max_new_tokens} new tokens "
+        raise InvalidInputError(f"the prompt is {len(ids)} tokens; with {max_new_tokens} new tokens "
                          f"it exceeds the model's context of {lm.max_length}: lower the budget")
     x = torch.tensor([ids], device=lm.device)
     tok = lm.tokenizer

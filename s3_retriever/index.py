@@ -27,8 +27,8 @@ A hookpoint may carry ``m`` dense per-token *bias* columns next to its postings:
 stores there the exact dot product of each token's key with the mean query of each scoring
 head (the query-mean term of the attention logit, which the sparse codes approximate badly).
 
-``save`` writes no manifest: the engine wraps it in :func:`s3_retriever.storage.atomic_folder`,
-adds its own files and calls :func:`s3_retriever.storage.write_manifest`.
+``save`` writes no manifest: the engine calls it inside :func:`s3_retriever.storage.commit`,
+which adds the manifest and publishes the folder atomically.
 
 Example:
     >>> import numpy as np
@@ -1225,7 +1225,7 @@ class InvertedIndex:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: folder not found (save writes into an existing "
-                                    "folder; wrap it in storage.atomic_folder)")
+                                    "folder; the engine calls it inside storage.commit)")
         rows = [d.to_dict() for d in self._docs]
         write_jsonl(folder / "docs.jsonl", rows)
         write_json(folder / "segments.json", {

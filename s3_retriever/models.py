@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from s3_retriever.errors import InvalidInputError, ModelLoadError
 from s3_retriever.hooks import AttentionSpec, attention_spec
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,6 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         licence="Apache-2.0",
     ),
 }
-
-
-class ModelLoadError(ValueError):
-    """A model could not be found or loaded; the message says what to do instead."""
 
 
 @dataclass
@@ -183,7 +180,8 @@ def _parse_dtype(dtype: str | torch.dtype, where: str) -> torch.dtype:
     try:
         return _DTYPES[str(dtype).strip().lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r} in {where}; use bf16, fp16 or fp32") from None
+        raise InvalidInputError(f"unknown dtype {dtype!r} in {where}; use bf16, fp16 or fp32") \
+            from None
 
 
 def dtype_choice(device: torch.device, dtype: str | torch.dtype | None = None
@@ -306,7 +304,15 @@ def _load_folder(folder: Path, device: torch.device, dtype: torch.dtype,
     if not getattr(tok, "is_fast", False):
         raise ModelLoadError(f"{folder}: the scan needs a fast tokenizer (char offsets); "
                              "this model only has a slow one")
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **kw)
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a few seconds of "Loading weights" bars: noise
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **kw)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     model.to(device).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -342,7 +348,8 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_MODEL,
         'smollm2-135m'
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"model must be a name or path, got {type(name_or_path).__name__}")
+        raise InvalidInputError(f"model must be a name or path, got "
+                                f"{type(name_or_path).__name__}")
     dev = choose_device(device)
     dt, why = dtype_choice(dev, dtype)
     lm = _load(os.fspath(name_or_path), dev, dt)

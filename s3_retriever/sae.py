@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
+from s3_retriever import storage
+from s3_retriever.errors import SAEError
 from s3_retriever.kernels import topk_encode
 
 __all__ = [
@@ -48,13 +49,11 @@ __all__ = [
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
+# files an SAE folder may hold beside its hookpoint folders (see is_sae_folder)
+SAE_FOLDER_FILES = ("heads.json", "fusion.json", "calibration.json", "README.md", "LICENSE")
 FORMAT_VERSION = 1
 _TENSOR_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 _KINDS = (None, "key", "query")
-
-
-class SAEError(ValueError):
-    """Any problem with an SAE: corrupt or missing file, bad config, shape or model mismatch."""
 
 
 def _is_int(v: Any) -> bool:
@@ -357,8 +356,8 @@ class TopKSAE(torch.nn.Module):
         cfg_bytes = (json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True) + "\n").encode()
         # Tensors first: a crash between the two renames leaves the old cfg with new tensors,
         # which load() still verifies against each other.
-        _atomic_write(folder / WEIGHTS_FILE, weights)
-        _atomic_write(folder / CFG_FILE, cfg_bytes)
+        storage.write_bytes_atomic(folder / WEIGHTS_FILE, weights)
+        storage.write_bytes_atomic(folder / CFG_FILE, cfg_bytes)
         return folder
 
     @classmethod
@@ -430,25 +429,23 @@ class TopKSAE(torch.nn.Module):
         return sae.eval()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def is_sae_folder(folder: Path) -> bool:
+    """Whether ``folder`` looks like one :func:`save_saes` wrote (so it may be replaced):
+    hookpoint folders of ``cfg.json`` + ``sae.safetensors``, and our JSON / README files."""
+    entries = list(folder.iterdir())
+    subs = [e for e in entries if e.is_dir()]
+    return bool(subs) and all(
+        {p.name for p in e.iterdir()} <= {CFG_FILE, WEIGHTS_FILE} for e in subs) and all(
+        e.name in SAE_FOLDER_FILES for e in entries if not e.is_dir())
 
 
-def save_saes(saes: dict[str, TopKSAE], folder: str | os.PathLike) -> Path:
+def save_saes(saes: dict[str, TopKSAE], folder: str | os.PathLike, *,
+              overwrite: bool = False) -> Path:
     """Save each SAE to ``folder/<hookpoint>/``; dict keys must equal the SAEs' hookpoints.
+
+    The folder is built aside and moved into place whole. ``folder`` must be new or empty,
+    or (with ``overwrite``) an SAE folder: a folder of other files is refused, never
+    replaced.
 
     >>> import tempfile
     >>> saes = {"layers.1": TopKSAE(SAEConfig(d_in=4, num_latents=8, k=2, hookpoint="layers.1"))}
@@ -463,9 +460,9 @@ def save_saes(saes: dict[str, TopKSAE], folder: str | os.PathLike) -> Path:
         if name != sae.cfg.hookpoint:
             raise SAEError(f"save_saes: key {name!r} differs from the SAE's hookpoint "
                            f"{sae.cfg.hookpoint!r}")
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, sae in saes.items():
-        sae.save(folder / name)
+    with storage.replace_folder(folder, overwrite=overwrite, recognise=is_sae_folder) as tmp:
+        for name, sae in saes.items():
+            sae.save(tmp / name)
     return folder
 
 
@@ -481,6 +478,7 @@ def load_saes(
     See :func:`save_saes` for an example.
     """
     folder = Path(folder)
+    storage.recover_folder(folder, restore_only=True)
     if not folder.is_dir():
         raise SAEError(f"SAE folder not found: {folder}")
     if (folder / CFG_FILE).exists() or (folder / WEIGHTS_FILE).exists():

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from s3_retriever.errors import InvalidInputError
+
 __all__ = [
     "Span",
     "grow_spans",
@@ -637,7 +639,7 @@ def pack_spans(
         )
     smallest = min(spans, key=lambda s: s.n_tokens)
     if budget_tokens < smallest.n_tokens:
-        raise ValueError(
+        raise InvalidInputError(
             f"budget_tokens={budget_tokens} is smaller than the smallest candidate span "
             f"({smallest.n_tokens} tokens, {smallest.id}); raise the budget or use smaller spans"
         )

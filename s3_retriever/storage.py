@@ -1,22 +1,13 @@
-"""Safe, reusable folder I/O: atomic folders, JSON / JSON Lines, ``.npy`` and manifests.
+"""The only file writer: atomic files, verified index folders, JSON / JSON Lines and ``.npy``.
 
-Everything an index folder is made of goes through this module, so that a corrupt,
-truncated or mismatched folder is always reported as an :class:`IndexFormatError` that
-names the file and the problem, never read as wrong data. Arrays are stored as ``.npy``
-files (never pickle); text as UTF-8 JSON.
-
-Example:
-    >>> import tempfile
-    >>> from pathlib import Path
-    >>> import numpy as np
-    >>> root = Path(tempfile.mkdtemp())
-    >>> with atomic_folder(root / "index") as tmp:
-    ...     save_npy(tmp / "a.npy", np.arange(3, dtype=np.int64))
-    ...     _ = write_manifest(tmp, {"format_version": 1})
-    >>> sorted(read_manifest(root / "index", format_version=1)["files"])
-    ['a.npy']
-    >>> load_npy(root / "index" / "a.npy", dtype=np.int64).tolist()
-    [0, 1, 2]
+An index folder is committed like Lucene's ``segments_N`` or LevelDB's ``CURRENT``: each
+save writes a new ``gen-NNNNNN/`` folder (data files plus a ``manifest.json`` that lists
+every file's size and SHA-256 and carries its own checksum), then publishes it by
+atomically replacing the small, checksummed ``CURRENT`` pointer. A reader always finds the
+complete old or the complete new index; leftovers of an interrupted save are removed by
+the next save or load. Nothing that is not an index folder of ours is ever deleted or
+replaced. Arrays are ``.npy`` (never pickle), text UTF-8 JSON. docs/guarantees.md lists
+every guarantee with the test that checks it.
 """
 
 from __future__ import annotations
@@ -26,43 +17,53 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.lib.format as npy_format
 
+from s3_retriever.errors import IndexFormatError, IndexNotFoundError, OutputExistsError
+
+try:  # POSIX advisory locks; elsewhere saves and loads are not serialised across processes
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "MANIFEST_NAME",
+    "POINTER_NAME",
     "IndexFormatError",
-    "atomic_folder",
+    "check_folder_output",
+    "check_output_file",
+    "check_target",
+    "commit",
+    "folder_state",
     "load_npy",
+    "open_committed",
     "read_json",
     "read_jsonl",
-    "read_manifest",
+    "replace_folder",
     "save_npy",
+    "seal",
     "sha256_file",
+    "unseal",
     "write_json",
     "write_jsonl",
-    "write_manifest",
 ]
 
 MANIFEST_NAME = "manifest.json"
+POINTER_NAME = "CURRENT"
+LOCK_NAME = "LOCK"
 _CHUNK = 1 << 20
-
-
-class IndexFormatError(ValueError):
-    """A stored folder is corrupt, truncated, edited or of another format version.
-
-    The message always starts with the file concerned, then the problem.
-
-    Example:
-        >>> str(IndexFormatError("docs.jsonl line 3: not valid JSON"))
-        'docs.jsonl line 3: not valid JSON'
-    """
+_GEN = re.compile(r"^gen-(\d{6,})$")
+_LEFTOVER = re.compile(r"^\.(gen-\d{6,}|CURRENT)\.tmp-[0-9a-f]+$")
+_OLD_FOLDER = re.compile(r"^\.(?P<name>.+)\.old-[0-9a-f]+$")
 
 
 def _name(path: Path) -> str:
@@ -84,79 +85,37 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Build a folder in a temporary sibling and move it into place only on success.
+def _tmp_sibling(path: Path, tag: str = "tmp") -> Path:
+    return path.parent / f".{path.name}.{tag}-{secrets.token_hex(6)}"
 
-    Yields an empty temporary folder ``.{name}.tmp-<random>`` in the same parent as
-    ``path`` (the parent is created if needed). When the ``with`` body finishes without
-    an exception, the temporary folder replaces ``path``: an existing ``path`` is first
-    renamed aside, the new folder is renamed into place, then the old one is removed, so
-    at every moment ``path`` is either the complete old folder or the complete new one
-    (a crash between the two renames leaves the old folder beside it as
-    ``.{name}.old-<random>``). When the body raises, the temporary folder is removed and
-    ``path`` is untouched.
 
-    Raises:
-        NotADirectoryError: ``path`` exists and is not a folder.
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` all or nothing: a durable temporary sibling, then a rename.
 
     Example:
         >>> import tempfile
-        >>> root = Path(tempfile.mkdtemp())
-        >>> with atomic_folder(root / "out") as tmp:
-        ...     _ = (tmp / "x.txt").write_text("new")
-        >>> (root / "out" / "x.txt").read_text()
-        'new'
-        >>> try:
-        ...     with atomic_folder(root / "out") as tmp:
-        ...         raise RuntimeError("boom")
-        ... except RuntimeError:
-        ...     pass
-        >>> (root / "out" / "x.txt").read_text(), sorted(p.name for p in root.iterdir())
-        ('new', ['out'])
+        >>> p = Path(tempfile.mkdtemp()) / "a.bin"
+        >>> write_bytes_atomic(p, b"abc"); p.read_bytes()
+        b'abc'
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path}: exists and is not a folder; refusing to replace it")
-    parent = path.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old: Path | None = None
-    try:
-        if path.exists():
-            old = parent / f".{path.name}.old-{secrets.token_hex(6)}"
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old is not None:
-                os.replace(old, path)
-                old = None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_bytes_durable(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    tmp = _tmp_sibling(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as UTF-8 JSON (indented; NaN/inf refused as they are not JSON).
+    """Write ``obj`` as UTF-8 JSON, atomically (indented; NaN/inf refused: not JSON).
 
     Raises:
         ValueError: ``obj`` holds NaN or infinity.
@@ -170,11 +129,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         {'name': 'café'}
     """
     text = json.dumps(obj, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
-    _write_bytes_durable(Path(path), text.encode("utf-8"))
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
-    """Write one compact UTF-8 JSON value per line (``\\n`` line ends).
+    """Write one compact UTF-8 JSON value per line (``\\n`` line ends), atomically.
 
     Example:
         >>> import tempfile
@@ -183,15 +142,9 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
         >>> read_jsonl(p)
         [{'a': 1}, {'a': 2}]
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        for row in rows:
-            # json escapes control characters, so a row never spans two lines.
-            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
-            fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    lines = [json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+             for row in rows]  # json escapes control characters: a row never spans two lines
+    write_bytes_atomic(path, "".join(line + "\n" for line in lines).encode("utf-8"))
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -395,23 +348,54 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = _CHUNK) -> str:
     return digest.hexdigest()
 
 
-def _listed_files(folder: Path) -> list[str]:
-    out = []
-    for p in folder.rglob("*"):
-        if p.is_file():
-            rel = p.relative_to(folder).as_posix()
-            if rel != MANIFEST_NAME:
-                out.append(rel)
-    return sorted(out)
+
+
+# ------------------------------------------------------------------ self-checksums
+def _canonical(obj: dict) -> bytes:
+    body = {k: v for k, v in obj.items() if k != "checksum"}
+    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False).encode("utf-8")
+
+
+def seal(obj: dict) -> dict:
+    """A copy of ``obj`` with ``"checksum"``: the SHA-256 of its canonical JSON without it.
+
+    Example:
+        >>> unseal(seal({"a": 1}), "x.json")
+        {'a': 1, 'checksum': '...'}
+    """
+    return {**obj, "checksum": hashlib.sha256(_canonical(obj)).hexdigest()}
+
+
+def unseal(obj: Any, where: str) -> dict:
+    """``obj`` if it is a JSON object whose ``"checksum"`` matches its content.
+
+    Raises:
+        IndexFormatError: not an object, no checksum, or a checksum that does not match
+            (the file was edited or damaged).
+    """
+    if not isinstance(obj, dict):
+        raise IndexFormatError(f"{where}: expected a JSON object")
+    if not isinstance(obj.get("checksum"), str):
+        raise IndexFormatError(f"{where}: no checksum (not written by this library?)")
+    try:
+        want = hashlib.sha256(_canonical(obj)).hexdigest()
+    except (TypeError, ValueError) as e:
+        raise IndexFormatError(f"{where}: cannot be checked ({e})") from None
+    if obj["checksum"] != want:
+        raise IndexFormatError(f"{where}: checksum mismatch (edited or damaged)")
+    return obj
+
+
+# ------------------------------------------------------------------ manifests
+def _files_below(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() or p.is_symlink())
 
 
 def write_manifest(folder: str | os.PathLike, manifest: dict) -> dict:
-    """Write ``folder/manifest.json``: ``manifest`` plus a size and hash for every file.
-
-    Adds (or replaces) ``manifest["files"]`` with ``{relpath: {"sha256", "bytes"}}`` for
-    every file below ``folder`` except ``manifest.json`` itself (paths use ``/``).
-    Call it last, after every other file is written. Returns the written dict (a copy;
-    ``manifest`` is not modified).
+    """Write ``folder/manifest.json``: ``manifest``, the size and SHA-256 of every other file
+    below ``folder``, and the manifest's own checksum. Call it after every other file.
 
     Example:
         >>> import tempfile
@@ -421,51 +405,36 @@ def write_manifest(folder: str | os.PathLike, manifest: dict) -> dict:
         3
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: folder not found; cannot write a manifest into it")
-    out = dict(manifest)
-    out["files"] = {
-        rel: {"sha256": sha256_file(folder / rel), "bytes": (folder / rel).stat().st_size}
-        for rel in _listed_files(folder)
-    }
+    files = {rel: {"sha256": sha256_file(folder / rel), "bytes": (folder / rel).stat().st_size}
+             for rel in _files_below(folder) if rel != MANIFEST_NAME}
+    out = seal({**{k: v for k, v in manifest.items() if k != "checksum"}, "files": files})
     write_json(folder / MANIFEST_NAME, out)
     return out
 
 
-def _check_manifest_files(files: Any) -> dict[str, dict]:
-    where = MANIFEST_NAME
+def _check_files_entry(files: Any, where: str) -> dict[str, dict]:
     if not isinstance(files, dict):
         raise IndexFormatError(f"{where}: 'files' is missing or not an object")
     for rel, entry in files.items():
         parts = rel.split("/")
         if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
             raise IndexFormatError(f"{where}: unsafe file path {rel!r}")
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("sha256"), str)
-            or not isinstance(entry.get("bytes"), int)
-            or isinstance(entry.get("bytes"), bool)
-        ):
+        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
+                or type(entry.get("bytes")) is not int):
             raise IndexFormatError(f"{where}: bad entry for {rel!r} (need sha256 and bytes)")
     return files
 
 
-def read_manifest(
-    folder: str | os.PathLike, *, verify: bool = True, format_version: int | None = None
-) -> dict:
-    """Read ``folder/manifest.json`` and (by default) verify every file it lists.
+def read_manifest(folder: str | os.PathLike, *, format_version: int | None = None,
+                  sha256: str | None = None) -> dict:
+    """Read ``folder/manifest.json`` and verify the folder against it, byte for byte.
 
-    With ``format_version``, the manifest's ``"format_version"`` must equal it. With
-    ``verify=True`` every listed file must exist with the recorded size and SHA-256
-    (the whole folder is read once). Files present in the folder but *not* listed in
-    the manifest are ignored (they are not part of the index: e.g. a user's notes).
-    With ``verify=False`` only the manifest itself is read and checked.
+    Checks the manifest's own checksum (and its file hash when ``sha256`` is given), the
+    format version, that every listed file has its recorded size and SHA-256, and that the
+    folder holds no file the manifest does not list, so nothing unverified is ever read.
 
     Raises:
-        FileNotFoundError: ``folder`` does not exist.
-        NotADirectoryError: ``folder`` is a file.
-        IndexFormatError: the manifest is missing or corrupt, the format version differs,
-            or a listed file is missing, of another size, or has another hash.
+        IndexFormatError: any mismatch (the message names the file).
 
     Example:
         >>> import tempfile
@@ -476,41 +445,404 @@ def read_manifest(
         >>> try:
         ...     read_manifest(d)
         ... except IndexFormatError as e:
-        ...     print(e)
-        a.txt: sha256 mismatch (edited or truncated?)
+        ...     print(str(e).split("/")[-1])
+        a.txt: sha256 mismatch (edited or damaged)
     """
     folder = Path(folder)
-    if not folder.exists():
-        raise FileNotFoundError(f"{folder}: index folder not found")
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: is a file, expected an index folder")
     path = folder / MANIFEST_NAME
-    if not path.exists():
-        raise IndexFormatError(
-            f"{MANIFEST_NAME}: missing in {folder} (not an index folder, or an interrupted write)"
-        )
-    manifest = read_json(path)
-    if not isinstance(manifest, dict):
-        raise IndexFormatError(f"{MANIFEST_NAME}: expected a JSON object")
-    if format_version is not None:
-        found = manifest.get("format_version")
-        if found is None:
-            raise IndexFormatError(f"{MANIFEST_NAME}: no format_version")
-        if found != format_version:
-            raise IndexFormatError(
-                f"{MANIFEST_NAME}: index format {found}, this version reads {format_version}"
-            )
-    files = _check_manifest_files(manifest.get("files"))
-    if verify:
-        for rel, entry in files.items():
-            file = folder / rel
-            if not file.is_file():
-                raise IndexFormatError(f"{rel}: missing (listed in {MANIFEST_NAME})")
-            size = file.stat().st_size
-            if size != entry["bytes"]:
-                raise IndexFormatError(
-                    f"{rel}: {size} bytes, manifest says {entry['bytes']} (edited or truncated?)"
-                )
-            if sha256_file(file) != entry["sha256"]:
-                raise IndexFormatError(f"{rel}: sha256 mismatch (edited or truncated?)")
+    where = _name(path)
+    if sha256 is not None and path.is_file() and sha256_file(path) != sha256:
+        raise IndexFormatError(f"{where}: does not match the hash in {POINTER_NAME} "
+                               "(edited or damaged)")
+    manifest = unseal(read_json(path), where)
+    if format_version is not None and manifest.get("format_version") != format_version:
+        raise IndexFormatError(f"{where}: format version {manifest.get('format_version')!r}, "
+                               f"this version reads {format_version}")
+    files = _check_files_entry(manifest.get("files"), where)
+    for rel, entry in files.items():
+        file = folder / rel
+        name = _name(file)
+        if file.is_symlink() or not file.is_file():
+            raise IndexFormatError(f"{name}: missing (listed in {MANIFEST_NAME})")
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            raise IndexFormatError(f"{name}: {size} bytes, the manifest says {entry['bytes']} "
+                                   "(edited or truncated)")
+        if sha256_file(file) != entry["sha256"]:
+            raise IndexFormatError(f"{name}: sha256 mismatch (edited or damaged)")
+    extra = [rel for rel in _files_below(folder) if rel != MANIFEST_NAME and rel not in files]
+    if extra:
+        raise IndexFormatError(f"{_name(folder / extra[0])}: not listed in {MANIFEST_NAME} "
+                               f"({len(extra)} unlisted file(s); an edited index?)")
     return manifest
+
+
+# ------------------------------------------------------------------ committed folders
+@contextlib.contextmanager
+def _locked(target: Path, shared: bool) -> Iterator[bool]:
+    """Hold ``target/LOCK`` (shared for readers, exclusive for writers); yields whether a lock
+    is held (False where locks are unavailable, e.g. a read-only folder)."""
+    if fcntl is None:
+        yield False
+        return
+    try:
+        fd = os.open(target / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        if not shared:
+            raise
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _pointer(target: Path, kind: str) -> dict:
+    """The verified ``CURRENT`` of ``target`` (raises IndexFormatError)."""
+    where = _name(target / POINTER_NAME)
+    ptr = unseal(read_json(target / POINTER_NAME), where)
+    if ptr.get("format") != kind:
+        raise IndexFormatError(f"{where}: a {ptr.get('format')!r} folder, expected {kind!r}")
+    gen = ptr.get("generation")
+    if type(gen) is not int or gen < 1 or ptr.get("folder") != f"gen-{gen:06d}" or \
+            not isinstance(ptr.get("manifest_sha256"), str):
+        raise IndexFormatError(f"{where}: bad generation entry")
+    return ptr
+
+
+def _ours(entry: Path) -> bool:
+    return entry.name in (POINTER_NAME, LOCK_NAME) or bool(
+        _GEN.match(entry.name) or _LEFTOVER.match(entry.name))
+
+
+def folder_state(path: str | os.PathLike, kind: str) -> str:
+    """What ``path`` holds, for the save rules: ``"absent"``, ``"file"``, ``"empty"`` (no
+    entries, or only leftovers of an interrupted first save), ``"ours"`` (a ``kind`` folder
+    this library committed, maybe with other files beside it), ``"legacy"`` (an older
+    format of ours, a root ``manifest.json`` naming ``kind``), ``"other"`` (a committed
+    folder of another kind) or ``"foreign"`` (files that are not ours).
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> folder_state(d / "x", "s3-retriever-index"), folder_state(d, "s3-retriever-index")
+        ('absent', 'empty')
+    """
+    target = Path(os.path.realpath(path))
+    if not target.exists():
+        return "absent"
+    if not target.is_dir():
+        return "file"
+    entries = list(target.iterdir())
+    if (target / POINTER_NAME).is_file():
+        try:
+            found = read_json(target / POINTER_NAME).get("format")
+        except (IndexFormatError, AttributeError):
+            found = kind  # a damaged pointer of ours: replaceable with overwrite
+        return "ours" if found == kind else "other"
+    if not [e for e in entries if not _ours(e)]:
+        return "empty"
+    if (target / MANIFEST_NAME).is_file():
+        with contextlib.suppress(IndexFormatError, AttributeError):
+            if read_json(target / MANIFEST_NAME).get("format") == kind:
+                return "legacy"
+    return "foreign"
+
+
+def check_target(path: str | os.PathLike, kind: str, overwrite: bool = False) -> Path:
+    """The folder a save to ``path`` writes (a symlink's target), or the reason it may not.
+
+    Call it before expensive work; :func:`commit` checks again under the lock.
+
+    Raises:
+        OutputExistsError: ``path`` is a file, a folder of files that are not ours, a
+            folder of another kind, or (without ``overwrite``) an index already.
+    """
+    target = Path(os.path.realpath(path))
+    state = folder_state(target, kind)
+    shown = _name(Path(path))
+    if state == "file":
+        raise OutputExistsError(f"{shown}: is a file; save an index to a new or empty folder")
+    if state == "foreign":
+        names = sorted(e.name for e in target.iterdir() if not _ours(e))
+        listing = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise OutputExistsError(
+            f"{shown}: is a folder of other files ({listing}); refusing to write an index "
+            "there (nothing is ever deleted): choose a new or empty folder")
+    if state == "other":
+        raise OutputExistsError(f"{shown}: holds another kind of s3-retriever folder, not "
+                                f"a {kind!r}; choose a new or empty folder")
+    if state in ("ours", "legacy") and not overwrite:
+        raise OutputExistsError(f"{shown}: already holds an index; pass overwrite=True "
+                                "(--overwrite on the command line) to replace it")
+    return target
+
+
+@dataclass
+class Commit:
+    """The folder a :func:`commit` body writes into, and the manifest entries to record."""
+
+    folder: Path
+    manifest: dict = field(default_factory=dict)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _clean(target: Path, keep: str | None) -> None:
+    """Remove the leftovers of interrupted saves: temporary entries and every generation
+    folder but ``keep``. Call it holding the lock."""
+    for entry in target.iterdir():
+        if _LEFTOVER.match(entry.name) or (_GEN.match(entry.name) and entry.name != keep):
+            _remove(entry)
+
+
+def _remove_legacy(target: Path) -> None:
+    """Remove the files of a format-1 index (a root manifest.json and what it lists)."""
+    try:
+        listed = read_json(target / MANIFEST_NAME).get("files") or {}
+    except (IndexFormatError, AttributeError):
+        return
+    for rel in listed:
+        if isinstance(rel, str) and ".." not in rel.split("/") and not rel.startswith("/"):
+            _remove(target / rel)
+    _remove(target / MANIFEST_NAME)
+    for sub in sorted((p for p in target.rglob("*") if p.is_dir()), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()  # only the now-empty folders of the old layout
+
+
+@contextlib.contextmanager
+def _undo_mkdir(target: Path, created: bool) -> Iterator[None]:
+    """If a first save into a folder it created fails, remove the folder again."""
+    try:
+        yield
+    except BaseException:
+        if created and not (target / POINTER_NAME).exists():
+            _clean(target, keep=None)
+            with contextlib.suppress(OSError):
+                (target / LOCK_NAME).unlink()
+                target.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def commit(path: str | os.PathLike, kind: str, *, overwrite: bool = False) -> Iterator[Commit]:
+    """Write a new generation of the ``kind`` folder at ``path`` and publish it atomically.
+
+    The body writes data files into ``commit.folder`` and fills ``commit.manifest``. On
+    success the manifest (with every file's hash and its own checksum) is written, the
+    generation folder renamed into place, and ``CURRENT`` replaced in one rename; then the
+    old generation goes. If the body raises, nothing at ``path`` changes. Saving through a
+    symlink writes into its target.
+
+    Raises:
+        OutputExistsError: see :func:`check_target`.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> with commit(root / "idx", "demo") as c:
+        ...     _ = (c.folder / "a.txt").write_text("new")
+        ...     c.manifest["format_version"] = 1
+        >>> sorted(p.name for p in (root / "idx").iterdir())
+        ['CURRENT', 'LOCK', 'gen-000001']
+        >>> with open_committed(root / "idx", "demo", format_version=1) as snap:
+        ...     (snap.folder / "a.txt").read_text()
+        'new'
+    """
+    target = check_target(path, kind, overwrite)
+    created = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputExistsError(f"{_name(Path(path))}: a parent folder is a file; choose "
+                                "another path") from None
+    with _locked(target, shared=False), _undo_mkdir(target, created):
+        state = folder_state(target, kind)  # again, now that no other save runs
+        check_target(target, kind, overwrite)
+        current = 0
+        if state == "ours":
+            with contextlib.suppress(IndexFormatError):
+                current = _pointer(target, kind)["generation"]
+            gens = [int(m.group(1)) for e in target.iterdir() if (m := _GEN.match(e.name))]
+            current = max([current, *gens])
+        name = f"gen-{current + 1:06d}"
+        tmp = target / f".{name}.tmp-{secrets.token_hex(6)}"
+        tmp.mkdir()
+        try:
+            c = Commit(tmp)
+            yield c
+            write_manifest(tmp, {"format": kind, **c.manifest})
+            for sub in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+                _fsync_dir(sub)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        os.replace(tmp, target / name)
+        _fsync_dir(target)
+        write_bytes_atomic(target / POINTER_NAME, (json.dumps(seal({
+            "format": kind, "generation": current + 1, "folder": name,
+            "manifest_sha256": sha256_file(target / name / MANIFEST_NAME)}), indent=1)
+            + "\n").encode("utf-8"))
+        _clean(target, keep=name)
+        if state == "legacy":
+            _remove_legacy(target)
+
+
+@dataclass
+class Snapshot:
+    """A verified generation of a committed folder: where its files are and its manifest."""
+
+    folder: Path
+    manifest: dict
+
+
+@contextlib.contextmanager
+def open_committed(path: str | os.PathLike, kind: str, *,
+                   format_version: int | None = None) -> Iterator[Snapshot]:
+    """Open the current generation of the ``kind`` folder at ``path``, verified byte for byte.
+
+    The pointer and the manifest are checked against their checksums, every file against
+    the manifest, and a file the manifest does not list is refused (see
+    :func:`read_manifest`). Leftovers of an interrupted save are removed. No save to
+    ``path`` runs while the body reads (a shared lock).
+
+    Raises:
+        IndexNotFoundError: nothing at ``path``, a file, or a folder without an index.
+        IndexFormatError: anything that does not verify, or another format version.
+    """
+    target = Path(os.path.realpath(path))
+    shown = _name(Path(path))
+    if not target.exists():
+        raise IndexNotFoundError(f"{shown}: no such index folder")
+    if not target.is_dir():
+        raise IndexNotFoundError(f"{shown}: is a file, not an index folder")
+    with _locked(target, shared=True) as locked:
+        if not (target / POINTER_NAME).is_file():
+            state = folder_state(target, kind)
+            if state == "legacy":
+                raise IndexFormatError(
+                    f"{_name(Path(path) / MANIFEST_NAME)}: an index of format 1, written by an "
+                    "older s3-retriever; build it again (or load it with that version and "
+                    "save it with overwrite=True)")
+            if state == "empty" and any(target.iterdir()):
+                if locked:
+                    _clean(target, keep=None)
+                raise IndexNotFoundError(f"{shown}: holds only the leftovers of an interrupted "
+                                         "first save (removed); there is no index to load")
+            raise IndexNotFoundError(f"{shown}: not an s3-retriever index (no {POINTER_NAME})")
+        ptr = _pointer(target, kind)
+        folder = target / ptr["folder"]
+        if not folder.is_dir():
+            raise IndexFormatError(f"{_name(Path(path) / ptr['folder'])}: missing (named by "
+                                   f"{POINTER_NAME})")
+        manifest = read_manifest(folder, format_version=format_version,
+                                 sha256=ptr["manifest_sha256"])
+        if manifest.get("format") != kind:
+            raise IndexFormatError(f"{_name(folder / MANIFEST_NAME)}: a "
+                                   f"{manifest.get('format')!r} folder, expected {kind!r}")
+        if locked:
+            _clean(target, keep=ptr["folder"])
+        yield Snapshot(folder, manifest)
+
+
+# ------------------------------------------------------------------ other outputs
+def check_output_file(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``path`` as a file this call may write: absent, or (with ``overwrite``) a file.
+
+    Raises:
+        OutputExistsError: ``path`` is a folder, or a file and ``overwrite`` is False.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise OutputExistsError(f"{_name(p)}: is a folder; give a file name to write")
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"{_name(p)}: exists; pass --overwrite (overwrite=True) to "
+                                "replace it")
+    return p
+
+
+def recover_folder(path: str | os.PathLike, *, restore_only: bool = False) -> None:
+    """Finish what an interrupted :func:`replace_folder` left: bring back the old folder
+    if the new one never arrived, and (writers only, not ``restore_only`` readers) remove
+    temporary and old siblings."""
+    path = Path(os.path.realpath(path))
+    if restore_only and path.exists():
+        return
+    if not path.parent.is_dir():
+        return
+    for entry in path.parent.iterdir():
+        m = _OLD_FOLDER.match(entry.name)
+        if m and m.group("name") == path.name:
+            if path.exists():
+                _remove(entry)
+            else:
+                os.replace(entry, path)
+        elif entry.name.startswith(f".{path.name}.tmp-") and not restore_only:
+            _remove(entry)
+
+
+def check_folder_output(path: str | os.PathLike, *, overwrite: bool = False,
+                        recognise: Callable[[Path], bool] = lambda _: False) -> Path:
+    """``path`` as a plain folder this call may write (see :func:`replace_folder`); call it
+    before expensive work.
+
+    Raises:
+        OutputExistsError: a file, a folder of other files, or one of ours without
+            ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise OutputExistsError(f"{_name(path)}: is a file; give a new or empty folder")
+        if any(path.iterdir()):
+            if not recognise(Path(os.path.realpath(path))):
+                raise OutputExistsError(f"{_name(path)}: is a folder of other files; refusing "
+                                        "to replace it: give a new or empty folder")
+            if not overwrite:
+                raise OutputExistsError(f"{_name(path)}: exists; pass --overwrite "
+                                        "(overwrite=True) to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def replace_folder(path: str | os.PathLike, *, overwrite: bool = False,
+                   recognise: Callable[[Path], bool] = lambda _: False) -> Iterator[Path]:
+    """Build a plain folder (e.g. SAEs) in a temporary sibling and move it to ``path``.
+
+    ``path`` must be absent or empty, or, with ``overwrite``, a folder ``recognise`` accepts
+    as one this library wrote; anything else is refused and kept. Replacing renames the old
+    folder aside, the new one in, then deletes the old; :func:`recover_folder` (run here
+    and by readers) undoes a crash between the two renames.
+
+    Raises:
+        OutputExistsError: ``path`` is a file, a folder that is not empty and not
+            recognised, or recognised but ``overwrite`` is False.
+    """
+    path = Path(os.path.realpath(path))
+    recover_folder(path)
+    check_folder_output(path, overwrite=overwrite, recognise=recognise)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = _tmp_sibling(path, "old")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        _remove(old)

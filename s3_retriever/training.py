@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from s3_retriever import storage
 from s3_retriever.activations import collect_qk
 from s3_retriever.corpus import generic_corpus
 from s3_retriever.models import LoadedModel, load_model
-from s3_retriever.sae import TopKSAE, evaluate_sae, save_saes, train_sae
+from s3_retriever.sae import TopKSAE, evaluate_sae, is_sae_folder, save_saes, train_sae
 
 GENERIC_CORPUS_NOTE = ("HotpotQA dev paragraphs of the questions reserved for SAE training "
                        "(s3_retriever.corpus.RESERVED_SAE_QUESTIONS), CC BY-SA 4.0")
@@ -32,13 +33,18 @@ def train_model_saes(model: str | LoadedModel, layers: Sequence[int], out: str |
                      steps: int | None = None, epochs: float = 2.0, auxk_alpha: float = 0.125,
                      lr: float | None = None, batch_size: int = 4096, seed: int = 0,
                      heads: Sequence[tuple[int, int]] | None = None,
-                     device: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+                     device: str | None = None, overwrite: bool = False,
+                     show_progress: bool = True) -> dict[str, Any]:
     """Train and save one SAE per layer; returns FVU / dead / density per layer on held-out
     keys and queries (the last 10% of the texts, never seen in training).
 
     ``heads``: ``(layer, query head)`` pairs. When given, each layer's SAE sees only the
     queries of its listed heads and the keys of the kv heads they read (the vectors the
-    engine will score), instead of every head of the layer."""
+    engine will score), instead of every head of the layer.
+
+    ``out`` must be a new or empty folder, or (with ``overwrite``) an SAE folder; it is
+    checked before any training."""
+    storage.check_folder_output(out, overwrite=overwrite, recognise=is_sae_folder)
     lm = model if isinstance(model, LoadedModel) else load_model(model, device)
     source = "user texts" if texts is not None else GENERIC_CORPUS_NOTE
     texts = list(texts) if texts is not None else generic_corpus()
@@ -78,5 +84,5 @@ def train_model_saes(model: str | LoadedModel, layers: Sequence[int], out: str |
         saes[hp] = sae
         report[hp] = {"held_out": ev, "train_tokens": train.n_tokens,
                       "held_out_tokens": held.n_tokens}
-    save_saes(saes, Path(out))
+    save_saes(saes, Path(out), overwrite=overwrite)
     return report

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -53,3 +55,8 @@ def assert_grounded(answer: str, evidence: Iterable[str]) -> None:
     words = {w.lower() for w in _WORD.findall(answer)} - _STOP
     seen = {w.lower() for text in evidence for w in _WORD.findall(text)}
     assert words & seen, f"answer {answer!r} shares no content word with its evidence"
+
+
+def generation(index_dir: Path) -> Path:
+    """The folder of the generation a saved index's ``CURRENT`` pointer names."""
+    return Path(index_dir) / json.loads((Path(index_dir) / "CURRENT").read_text())["folder"]

@@ -63,6 +63,60 @@ def test_errors_are_messages_not_tracebacks(index_dir, tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_user_mistakes_are_one_line_errors(index_dir, tmp_path, capsys):
+    folder, out = index_dir
+    capsys.readouterr()
+    cases = [
+        (["search", str(folder / "doc0.txt"), "x"], "is a file, not an index folder"),
+        (["search", str(folder), "x"], "not an s3-retriever index"),
+        (["ask", str(out), "x", "--budget", "0"], "budget_tokens must be a positive"),
+        (["index", str(folder), "--out", str(tmp_path / "i")], "is a folder; give text files"),
+        (["index", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "i")],
+         "no such file"),
+        (["index", str(folder / "doc0.txt"), "--out", str(folder)], "folder of other files"),
+        (["index", str(folder / "doc0.txt"), "--out", str(out)], "pass overwrite=True"),
+        (["index", str(folder / "doc0.txt"), "--out", str(folder / "doc1.txt"), "--overwrite"],
+         "is a file"),
+        (["train-sae", "--layers", "1", "--out", str(folder)], "folder of other files"),
+        (["calibrate", "--out", str(folder / "doc0.txt")], "exists; pass --overwrite"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in _error_line(capsys), argv
+    assert (folder / "doc1.txt").read_text(encoding="utf-8") == TEXTS[1]
+    assert not (tmp_path / "i").exists()
+
+
+def test_binary_and_undecodable_files_are_refused_unless_told(index_dir, tmp_path, capsys):
+    _, out = index_dir
+    capsys.readouterr()
+    (tmp_path / "img.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (tmp_path / "latin.txt").write_bytes("Café au lait à Paris.".encode("latin-1"))
+    assert main(["index", str(tmp_path / "img.bin"), "--out", str(tmp_path / "a")]) == 2
+    assert "looks binary" in _error_line(capsys)
+    assert main(["index", str(tmp_path / "latin.txt"), "--out", str(tmp_path / "a")]) == 2
+    assert "not valid UTF-8 (byte 3); pass --encoding" in _error_line(capsys)
+    assert main(["index", str(tmp_path / "latin.txt"), "--out", str(tmp_path / "a"),
+                 "--encoding", "latin-1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "a"), "Paris", "--json"]) == 0
+    assert "Café au lait" in json.loads(capsys.readouterr().out)[0]["text"]
+    assert main(["index", str(tmp_path / "latin.txt"), "--out", str(tmp_path / "a"),
+                 "--errors", "replace", "--overwrite", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "a"), "Paris", "--json"]) == 0
+    assert "Caf\ufffd au lait" in json.loads(capsys.readouterr().out)[0]["text"]
+    assert main(["index", str(tmp_path / "latin.txt"), "--out", str(tmp_path / "b"),
+                 "--encoding", "klingon"]) == 2
+    assert "unknown encoding" in _error_line(capsys)
+
+
 def test_train_model_saes_writes_loadable_saes(lm, tmp_path):
     small = tiny_lm(lm.tokenizer)
     report = train_model_saes(small, [1, 2], tmp_path / "saes", num_latents=32, k=4,

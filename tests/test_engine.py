@@ -12,7 +12,7 @@ import pytest
 from s3_retriever import S3Index
 from s3_retriever.engine import EmptyIndexError, S3Settings
 from s3_retriever.storage import IndexFormatError
-from tests.helpers import TEXTS, tiny_lm, tiny_saes
+from tests.helpers import TEXTS, generation, tiny_lm, tiny_saes
 
 
 @pytest.fixture(scope="module")
@@ -167,13 +167,13 @@ def test_load_detects_damage(index, tmp_path, tok):
     with pytest.raises(IndexFormatError, match="built with model"):
         S3Index.load(path, model=tiny_lm(tok, seed=1))
     # an edited file
-    docs = path / "docs.jsonl"
+    docs = generation(path) / "docs.jsonl"
     docs.write_text(docs.read_text(encoding="utf-8").replace("Warsaw", "Krakow"), encoding="utf-8")
     with pytest.raises(IndexFormatError, match="docs.jsonl"):
         S3Index.load(path, model=index.lm)
     # a truncated postings file
     path = index.save(tmp_path / "idx2")
-    victim = sorted((path / "postings").rglob("*.npy"))[0]
+    victim = sorted((generation(path) / "postings").rglob("*.npy"))[0]
     victim.write_bytes(victim.read_bytes()[:-8])
     with pytest.raises(IndexFormatError, match=victim.name):
         S3Index.load(path, model=index.lm)
@@ -184,10 +184,10 @@ def test_load_detects_damage(index, tmp_path, tok):
 def test_save_is_atomic_on_failure(index, tmp_path, monkeypatch):
     path = index.save(tmp_path / "idx")
     listing = sorted(p.name for p in path.rglob("*"))
-    monkeypatch.setattr("s3_retriever.engine.write_manifest",
+    monkeypatch.setattr("s3_retriever.storage.write_manifest",
                         lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
-        index.save(path)
+        index.save(path, overwrite=True)
     assert sorted(p.name for p in path.rglob("*")) == listing
     S3Index.load(path, model=index.lm)
 
@@ -326,7 +326,7 @@ def test_corrupt_bias_file_is_reported(tok, tmp_path):
                                                         heads=_mean_heads()))
     idx.add_texts(TEXTS, ids=["curie", "amazon", "bach"], show_progress=False)
     idx.save(tmp_path / "qm")
-    f = tmp_path / "qm" / "postings" / "seg000000" / "layers.1.kv0.bias.npy"
+    f = generation(tmp_path / "qm") / "postings" / "seg000000" / "layers.1.kv0.bias.npy"
     f.write_bytes(f.read_bytes()[:-4])
     with pytest.raises(IndexFormatError, match="bias"):
         S3Index.load(tmp_path / "qm", model=idx.lm)

@@ -11,6 +11,7 @@ import torch
 
 from s3_retriever import S3Index, corpus
 from s3_retriever.engine import S3Settings
+from s3_retriever.errors import OutputExistsError
 from s3_retriever.evaluation import cli as eval_cli
 from s3_retriever.evaluation import report, splits
 from s3_retriever.evaluation.baselines import minilm_model_dir
@@ -335,14 +336,20 @@ def test_cli_end_to_end(data_dir, factory, tmp_path, monkeypatch):
     assert (docs / "quality_table.md").is_file() and (docs / "img/recall_vs_length.png").is_file()
     kinds = {json.loads(line)["kind"] for line in (tmp_path / "d.jsonl").read_text().splitlines()}
     assert kinds == {"retrieval", "answer", "full_context"}
-    # the default split is the reported one
-    a = parser.parse_args(["eval", *common, "--n-questions", "2", "--retrievers", "oracle",
-                           "--generate", "0", "--out", str(out), "--no-report"])
+    # the default split is the reported one; an existing results file needs --overwrite
+    again = ["eval", *common, "--n-questions", "2", "--retrievers", "oracle", "--generate", "0",
+             "--out", str(out), "--no-report"]
+    before = out.read_bytes()
+    with pytest.raises(OutputExistsError, match="q.json: exists; pass --overwrite"):
+        a = parser.parse_args(again)
+        a.func(a)
+    assert out.read_bytes() == before
+    a = parser.parse_args([*again, "--overwrite"])
     assert a.func(a) == 0
     assert json.loads(out.read_text())["questions"] == [6, 7]
     # --report-only rewrites the docs from the JSON
     (docs / "quality_table.md").unlink()
-    a = parser.parse_args(["eval", "--report-only", str(out), "--docs", str(docs)])
+    a = parser.parse_args(["eval", "--report-only", str(out), "--docs", str(docs), "--overwrite"])
     assert a.func(a) == 0 and (docs / "quality_table.md").is_file()
     # a sweep defaults to the dev split and writes JSON + markdown
     sweep_out = tmp_path / "sweep.json"

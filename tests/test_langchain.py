@@ -19,7 +19,7 @@ from langchain_s3 import ChatS3, S3Retriever, format_documents
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 import s3_retriever.engine as engine
-from s3_retriever import EmptyIndexError, S3Index
+from s3_retriever import EmptyIndexError, OutputExistsError, S3Index
 from s3_retriever.generate import SYSTEM_PROMPT
 from s3_retriever.sae import save_saes
 from tests.helpers import TEXTS, assert_grounded
@@ -249,6 +249,9 @@ def test_constructors_add_and_delete(lm, saes):
 def test_persistence_round_trip(lm, corpus_index, tmp_path):
     r = S3Retriever.from_index(corpus_index, k=4)
     path = r.save(tmp_path / "corpus.s3")
+    with pytest.raises(OutputExistsError, match="pass overwrite=True"):
+        r.save(path)
+    assert r.save(path, overwrite=True) == path
     loaded = S3Retriever.load(path, model=lm, k=4)
     for kwargs in ({}, {"mode": "s3"}, {"mode": "bm25"}, {"filter": {"topic": "music"}}):
         a, b = r.invoke(QUESTION, **kwargs), loaded.invoke(QUESTION, **kwargs)

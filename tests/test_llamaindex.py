@@ -25,7 +25,7 @@ from llama_index.core.vector_stores.types import (
     MetadataFilters,
 )
 
-from s3_retriever import EmptyIndexError, S3Index
+from s3_retriever import EmptyIndexError, OutputExistsError, S3Index
 from tests.helpers import assert_grounded
 
 pytestmark = pytest.mark.model
@@ -298,6 +298,17 @@ def test_persistence_round_trip(s3index, lm, tmp_path):
     r.persist(store)
     r.persist(store)  # persisting again replaces the index atomically
     assert (store / "docstore.json").read_text() == "{}"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "s3_retriever.json").write_text('{"mine": true}')
+    (theirs / "s3_index").mkdir()
+    (theirs / "s3_index" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not a file S3Retriever.persist wrote"):
+        r.persist(theirs)
+    (theirs / "s3_retriever.json").unlink()
+    with pytest.raises(OutputExistsError, match="folder of other files"):
+        r.persist(theirs)
+    assert (theirs / "s3_index" / "notes.txt").read_text() == "mine"
 
     loaded = S3Retriever.from_persist_dir(store, model=lm)
     assert (loaded.similarity_top_k, loaded.budget_tokens, loaded.mode) == (2, 200, "hybrid")
@@ -314,7 +325,7 @@ def test_persistence_round_trip(s3index, lm, tmp_path):
         S3Retriever.from_persist_dir(store, model=lm, top_k=3)
     with pytest.raises(FileNotFoundError, match="persist dir"):
         S3Retriever.from_persist_dir(tmp_path / "missing", model=lm)
-    with pytest.raises(FileNotFoundError, match="manifest"):
+    with pytest.raises(FileNotFoundError, match="neither s3_retriever.json nor an index"):
         S3Retriever.from_persist_dir(tmp_path, model=lm)
 
     # A bare index folder (S3Index.save / the CLI) opens with default retriever settings.

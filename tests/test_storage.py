@@ -1,4 +1,4 @@
-"""Tests for s3_retriever.storage: atomic folders, JSON, npy and manifests."""
+"""Tests for s3_retriever.storage: committed folders, JSON, npy and manifests."""
 
 from __future__ import annotations
 
@@ -8,15 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from s3_retriever.errors import IndexNotFoundError, OutputExistsError
 from s3_retriever.storage import (
     IndexFormatError,
-    atomic_folder,
+    commit,
     load_npy,
+    open_committed,
     read_json,
     read_jsonl,
     read_manifest,
+    recover_folder,
+    replace_folder,
     save_npy,
+    seal,
     sha256_file,
+    unseal,
     write_json,
     write_jsonl,
     write_manifest,
@@ -27,40 +33,137 @@ def _entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_atomic_folder_creates_and_replaces(tmp_path: Path) -> None:
+KIND = "test-kind"
+
+
+def _save(path: Path, text: str, *, overwrite: bool = False) -> None:
+    with commit(path, KIND, overwrite=overwrite) as c:
+        (c.folder / "a.txt").write_text(text)
+        c.manifest["format_version"] = 1
+
+
+def _read(path: Path) -> str:
+    with open_committed(path, KIND, format_version=1) as snap:
+        return (snap.folder / "a.txt").read_text()
+
+
+def test_commit_creates_then_replaces_only_with_overwrite(tmp_path: Path) -> None:
     target = tmp_path / "idx"
-    with atomic_folder(target) as tmp:
-        assert tmp.parent == tmp_path and tmp.name.startswith(".idx.tmp-")
-        assert not target.exists()
-        (tmp / "a.txt").write_text("one")
-    assert (target / "a.txt").read_text() == "one"
-
-    with atomic_folder(target) as tmp:
-        (tmp / "b.txt").write_text("two")
-        # the old folder is intact while the new one is being written
-        assert (target / "a.txt").read_text() == "one"
-    assert _entries(target) == ["b.txt"]
-    assert _entries(tmp_path) == ["idx"]  # no temp or old folder left behind
-
-
-def test_atomic_folder_leaves_target_intact_on_error(tmp_path: Path) -> None:
-    target = tmp_path / "idx"
-    target.mkdir()
-    (target / "a.txt").write_text("old")
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_folder(target) as tmp:
-            (tmp / "a.txt").write_text("half-written")
-            raise RuntimeError("boom")
-    assert (target / "a.txt").read_text() == "old"
+    _save(target, "one")
+    assert _read(target) == "one"
+    assert _entries(target) == ["CURRENT", "LOCK", "gen-000001"]
+    with pytest.raises(OutputExistsError, match="already holds an index; pass overwrite=True"):
+        _save(target, "two")
+    assert _read(target) == "one"
+    _save(target, "two", overwrite=True)
+    assert _read(target) == "two"
+    assert _entries(target) == ["CURRENT", "LOCK", "gen-000002"]  # the old generation went
     assert _entries(tmp_path) == ["idx"]
 
 
-def test_atomic_folder_refuses_a_file(tmp_path: Path) -> None:
+def test_commit_never_touches_other_files(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match=r"folder of other files \(thesis.txt\)"):
+            _save(mine, "x", overwrite=overwrite)
+    assert _entries(mine) == ["thesis.txt"]
+    (tmp_path / "file").write_text("a file")
+    with pytest.raises(OutputExistsError, match="is a file"):
+        _save(tmp_path / "file", "x", overwrite=True)
+    assert (tmp_path / "file").read_text() == "a file"
+    # a user's file put beside an index survives replacing the index
+    _save(tmp_path / "idx", "one")
+    (tmp_path / "idx" / "notes.txt").write_text("keep me")
+    _save(tmp_path / "idx", "two", overwrite=True)
+    assert (tmp_path / "idx" / "notes.txt").read_text() == "keep me"
+    assert _read(tmp_path / "idx") == "two"
+
+
+def test_commit_leaves_target_intact_on_error(tmp_path: Path) -> None:
+    target = tmp_path / "idx"
+    _save(target, "old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with commit(target, KIND, overwrite=True) as c:
+            (c.folder / "a.txt").write_text("half-written")
+            raise RuntimeError("boom")
+    assert _read(target) == "old"
+    assert _entries(target) == ["CURRENT", "LOCK", "gen-000001"]
+    with pytest.raises(RuntimeError):  # a failed first save leaves nothing behind
+        with commit(tmp_path / "new", KIND):
+            raise RuntimeError("boom")
+    assert not (tmp_path / "new").exists()
+
+
+def test_commit_through_a_symlink_updates_the_target(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    _save(real, "one")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    _save(link, "two", overwrite=True)
+    assert link.is_symlink() and _read(real) == "two" and _read(link) == "two"
+
+
+def test_open_committed_refuses_what_is_not_an_index(tmp_path: Path) -> None:
+    with pytest.raises(IndexNotFoundError, match="no such index folder"):
+        _read(tmp_path / "absent")
     (tmp_path / "f").write_text("x")
-    with pytest.raises(NotADirectoryError):
-        with atomic_folder(tmp_path / "f"):
+    with pytest.raises(IndexNotFoundError, match="is a file"):
+        _read(tmp_path / "f")
+    with pytest.raises(IndexNotFoundError, match="not an s3-retriever index"):
+        _read(tmp_path)
+
+
+def test_pointer_and_manifest_are_checksummed(tmp_path: Path) -> None:
+    target = tmp_path / "idx"
+    _save(target, "one")
+    ptr = json.loads((target / "CURRENT").read_text())
+    ptr["generation"] = 2
+    (target / "CURRENT").write_text(json.dumps(ptr))
+    with pytest.raises(IndexFormatError, match="CURRENT: checksum mismatch"):
+        _read(target)
+    _save(target, "two", overwrite=True)  # a damaged index of ours can be replaced
+    manifest_path = target / "gen-000002" / "manifest.json"
+    m = json.loads(manifest_path.read_text())
+    m["files"] = {}  # emptying the file list must not turn verification off
+    manifest_path.write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match="does not match the hash in CURRENT"):
+        _read(target)
+
+
+def test_unlisted_files_are_refused(tmp_path: Path) -> None:
+    target = tmp_path / "idx"
+    _save(target, "one")
+    (target / "gen-000001" / "extra.txt").write_text("sneaked in")
+    with pytest.raises(IndexFormatError, match="extra.txt: not listed in manifest.json"):
+        _read(target)
+
+
+def test_leftovers_are_removed_by_the_next_load(tmp_path: Path) -> None:
+    target = tmp_path / "idx"
+    _save(target, "one")
+    (target / ".gen-000002.tmp-abcdef").mkdir()
+    (target / "gen-000007").mkdir()
+    (target / ".CURRENT.tmp-0123ab").write_text("{")
+    assert _read(target) == "one"
+    assert _entries(target) == ["CURRENT", "LOCK", "gen-000001"]
+
+
+def test_replace_folder_rules_and_recovery(tmp_path: Path) -> None:
+    out = tmp_path / "saes"
+    with replace_folder(out) as tmp:
+        (tmp / "x.txt").write_text("1")
+    with pytest.raises(OutputExistsError, match="other files"):
+        with replace_folder(out, overwrite=True):
             pass
-    assert (tmp_path / "f").read_text() == "x"
+    with replace_folder(out, overwrite=True, recognise=lambda p: True) as tmp:
+        (tmp / "x.txt").write_text("2")
+    assert (out / "x.txt").read_text() == "2"
+    # a crash between the two renames: the old folder is aside, none in place
+    out.rename(tmp_path / ".saes.old-123abc")
+    recover_folder(out, restore_only=True)
+    assert (out / "x.txt").read_text() == "2" and _entries(tmp_path) == ["saes"]
 
 
 def test_json_round_trip_unicode(tmp_path: Path) -> None:
@@ -158,9 +261,7 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
     assert entry["sha256"] == sha256_file(tmp_path / "postings" / "seg000000.npy")
     assert entry["bytes"] == (tmp_path / "postings" / "seg000000.npy").stat().st_size
     read = read_manifest(tmp_path, format_version=1)
-    assert read == written and read["model"] == "m"
-    (tmp_path / "notes.txt").write_text("unlisted files are fine")
-    read_manifest(tmp_path)
+    assert read == written and read["model"] == "m" and unseal(read, "m") == written
 
 
 def test_manifest_detects_edited_byte(tmp_path: Path) -> None:
@@ -170,16 +271,15 @@ def test_manifest_detects_edited_byte(tmp_path: Path) -> None:
     data[-1] ^= 1
     p.write_bytes(bytes(data))
     with pytest.raises(IndexFormatError,
-                       match=r"postings/seg000000\.npy: sha256 mismatch \(edited or truncated\?\)"):
+                       match=r"postings/seg000000\.npy: sha256 mismatch \(edited or damaged\)"):
         read_manifest(tmp_path)
-    read_manifest(tmp_path, verify=False)  # the manifest itself is fine
 
 
 def test_manifest_detects_truncation_and_missing_file(tmp_path: Path) -> None:
     _make_folder(tmp_path)
     p = tmp_path / "postings" / "seg000000.npy"
     p.write_bytes(p.read_bytes()[:-4])
-    with pytest.raises(IndexFormatError, match=r"postings/seg000000\.npy: .* bytes, manifest says"):
+    with pytest.raises(IndexFormatError, match=r"postings/seg000000\.npy: .* bytes, the manifest"):
         read_manifest(tmp_path)
     p.unlink()
     with pytest.raises(IndexFormatError, match=r"postings/seg000000\.npy: missing"):
@@ -188,12 +288,16 @@ def test_manifest_detects_truncation_and_missing_file(tmp_path: Path) -> None:
 
 def test_manifest_version_and_corruption(tmp_path: Path) -> None:
     _make_folder(tmp_path)
-    with pytest.raises(IndexFormatError, match="index format 1, this version reads 2"):
+    with pytest.raises(IndexFormatError, match="format version 1, this version reads 2"):
         read_manifest(tmp_path, format_version=2)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     manifest["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "bytes": 1}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "manifest.json").write_text(json.dumps(seal(manifest)))
     with pytest.raises(IndexFormatError, match="unsafe file path"):
+        read_manifest(tmp_path)
+    manifest["model"] = "n"  # edited without a new checksum
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="checksum mismatch"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text("{ truncated")
     with pytest.raises(IndexFormatError, match="manifest.json"):
@@ -201,13 +305,3 @@ def test_manifest_version_and_corruption(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").unlink()
     with pytest.raises(IndexFormatError, match="manifest.json: missing"):
         read_manifest(tmp_path)
-    with pytest.raises(FileNotFoundError, match="index folder not found"):
-        read_manifest(tmp_path / "absent")
-
-
-def test_manifest_write_inside_atomic_folder(tmp_path: Path) -> None:
-    target = tmp_path / "idx"
-    with atomic_folder(target) as tmp:
-        save_npy(tmp / "a.npy", np.ones(3))
-        write_manifest(tmp, {"format_version": 1})
-    assert set(read_manifest(target, format_version=1)["files"]) == {"a.npy"}

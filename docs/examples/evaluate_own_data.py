@@ -18,7 +18,7 @@ from pathlib import Path
 from s3_retriever import S3Index
 from s3_retriever.corpus import HOTPOTQA_FILE
 from s3_retriever.evaluation import EvalConfig, run_eval, write_report
-from s3_retriever.evaluation.run import write_json
+from s3_retriever.evaluation.run import write_results
 
 # Your data: each question names its paragraphs ("context": [title, [sentences...]]) and
 # the sentences that answer it ("supporting_facts": [title, sentence index]). Paragraphs
@@ -85,7 +85,7 @@ def main(workdir: Path) -> None:
         cells = [f"{rows[(name, b)]['evidence_recall']:9.2f}" for b in cfg.budgets]
         print(f"{name:<9} " + "  ".join(cells))
 
-    write_json(results, workdir / "quality.json")  # every number, config and timing
+    write_results(results, workdir / "quality.json")  # every number, config and timing
     written = write_report(results, workdir / "report")  # quality_table.md and two plots
     print("report:", sorted(str(p.relative_to(workdir)) for p in written))
 

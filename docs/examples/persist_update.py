@@ -12,7 +12,7 @@ from pathlib import Path
 from langchain_s3 import S3Retriever as LangChainS3Retriever
 from llama_index.retrievers.s3 import S3Retriever as LlamaIndexS3Retriever
 
-from s3_retriever import IndexFormatError, S3Index
+from s3_retriever import IndexFormatError, OutputExistsError, S3Index
 
 NOTES = {
     "monday": "Monday's meeting moved the product launch to the ninth of June.",
@@ -24,13 +24,15 @@ NOTES = {
 def main(workdir: Path) -> None:
     folder = workdir / "notes.s3"
 
-    # 1. Build and save. save() writes a temporary folder and renames it: a crash never
-    #    leaves a half-written index behind.
+    # 1. Build and save. save() writes a new generation folder, then switches the CURRENT
+    #    pointer to it in one rename: a crash never leaves a half-written index behind.
     index = S3Index.from_model()
     index.add_texts(list(NOTES.values()), metadatas=[{"day": d} for d in NOTES],
                     ids=list(NOTES), show_progress=False)
     index.save(folder)
     print("saved:", sorted(p.name for p in folder.iterdir()))
+    generation = folder / "gen-000001"
+    print("generation:", sorted(p.name for p in generation.iterdir()))
 
     # 2. Load it later, in another process: files, model and SAEs are checked against the
     #    manifest's hashes. Pass model= to reuse a model that is already loaded.
@@ -42,17 +44,22 @@ def main(workdir: Path) -> None:
     index.add_texts(["Wednesday: the launch venue is the old harbour warehouse."],
                     metadatas=[{"day": "wednesday"}], ids=["wednesday"], show_progress=False)
     index.delete(["draft"])
-    index.save(folder)
+    try:
+        index.save(folder)  # an index is there already: replacing it must be explicit
+    except OutputExistsError as e:
+        print("refused:", str(e).split(": ", 1)[1][:40])
+    index.save(folder, overwrite=True)
     top = index.search("Where is the launch?", k=1)[0]
     print(f"after the update: {len(index)} documents; top span from {top.doc_id!r}")
 
     # 4. A damaged or edited index is refused with a clear error, never read wrongly.
-    (folder / "docs.jsonl").write_text("{}\n", encoding="utf-8")
+    edited = folder / "gen-000002" / "docs.jsonl"
+    edited.write_text("{}\n", encoding="utf-8")
     try:
         S3Index.load(folder, model=index.lm)
     except IndexFormatError as e:
-        print("refused:", str(e).splitlines()[0][:90])
-    index.save(folder)  # repair it from the index in memory
+        print("refused:", str(e).split("/")[-1][:60])
+    index.save(folder, overwrite=True)  # repair it from the index in memory
 
     # 5. The frameworks open the same folder (sharing the loaded model).
     lc = LangChainS3Retriever.load(folder, model=index.lm, k=1)

@@ -263,8 +263,9 @@ class S3Retriever(BaseRetriever):
         """
         self.index.delete(ids)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Save the index to the folder ``path`` (atomic; replaced if it exists).
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Save the index to the folder ``path``, atomically (see ``S3Index.save``): a new or
+        empty folder, or an index saved before when ``overwrite=True``.
 
         Only the index is saved (its settings included); retriever fields such as ``k`` or
         ``filter`` are given again to :meth:`load`.
@@ -274,7 +275,7 @@ class S3Retriever(BaseRetriever):
             >>> retriever.save("notes.s3")
             PosixPath('notes.s3')
         """
-        return self.index.save(path)
+        return self.index.save(path, overwrite=overwrite)
 
     # ------------------------------------------------------------------ retrieval
     def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -172,6 +172,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"results JSON (default {DEFAULT_OUT}; with --sweep {DEFAULT_SWEEP_OUT},"
                         " plus a .md beside it)")
     g.add_argument("--docs", default="docs", help="folder for quality_table.md and img/*.png")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the results JSON and report files if they exist")
     g.add_argument("--no-report", action="store_true", help="write no markdown or plots")
     g.add_argument("--length-budget", type=int, default=None,
                    help="budget of the recall-vs-length plot (default 1024)")
@@ -219,11 +221,13 @@ def _index_factory(a: argparse.Namespace, settings: dict[str, Any]) -> Any:
 def cmd_eval(a: argparse.Namespace) -> int:
     """Run ``s3-retriever eval`` (see :func:`add_eval_parser`)."""
     from s3_retriever.evaluation import report
-    from s3_retriever.evaluation.run import run_eval, run_sweep, write_json
+    from s3_retriever.evaluation.run import run_eval, run_sweep, write_results
+    from s3_retriever.storage import check_output_file, write_bytes_atomic
 
     if a.report_only:
         results = json.loads(Path(a.report_only).read_text(encoding="utf-8"))
-        for p in report.write_report(results, a.docs, length_budget=a.length_budget):
+        for p in report.write_report(results, a.docs, length_budget=a.length_budget,
+                                     overwrite=a.overwrite):
             print(f"wrote {p}")
         return 0
     command = "s3-retriever " + " ".join(shlex.quote(x) for x in sys.argv[1:])
@@ -239,22 +243,31 @@ def cmd_eval(a: argparse.Namespace) -> int:
             raise ValueError(f"--sweep {name} given twice")
         sweeps[name] = values
     cfg = _config(a, bool(sweeps))
+    # refuse to replace existing outputs before the (long) run, not after it
+    out = Path(a.out or (DEFAULT_SWEEP_OUT if sweeps else DEFAULT_OUT))
+    check_output_file(out, a.overwrite)
+    if sweeps:
+        check_output_file(out.with_suffix(".md"), a.overwrite)
+    elif not a.no_report:
+        for p in report.report_paths(a.docs):
+            check_output_file(p, a.overwrite)
     factory = _index_factory(a, settings)
     if sweeps:
         res = run_sweep(cfg, sweeps, index_factory=factory, base_settings=settings,
                         command=command)
-        out = write_json(res, a.out or DEFAULT_SWEEP_OUT)
+        write_results(res, out)
         md = report.sweep_markdown(res)
-        out.with_suffix(".md").write_text(md, encoding="utf-8")
+        write_bytes_atomic(out.with_suffix(".md"), md.encode("utf-8"))
         print(md)
         print(f"wrote {out} and {out.with_suffix('.md')}")
         return 0
     res = run_eval(cfg, index_factory=factory, index_cache=a.index_cache, details=a.details,
                    command=command)
-    out = write_json(res, a.out or DEFAULT_OUT)
+    write_results(res, out)
     print(f"wrote {out}")
     if not a.no_report:
-        paths = report.write_report(res, a.docs, length_budget=a.length_budget)
+        paths = report.write_report(res, a.docs, length_budget=a.length_budget,
+                                    overwrite=a.overwrite)
         print(report.markdown_table(res))
         for p in paths:
             print(f"wrote {p}")

@@ -22,10 +22,13 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from s3_retriever.storage import check_output_file, write_bytes_atomic
 
 __all__ = [
     "format_positions",
@@ -195,10 +198,10 @@ def _legend(fig: Any, axes: Any, per_row: int) -> None:
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, metadata={"Software": None})
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    write_bytes_atomic(path, buf.getvalue())
+    return Path(path)
 
 
 def _plot_series(ax: Any, retrievers: Sequence[str], metric: str,
@@ -275,19 +278,30 @@ def plot_recall_vs_length(results: Mapping[str, Any], path: str | os.PathLike,
     return _save(fig, path)
 
 
-def write_report(results: Mapping[str, Any], docs_dir: str | os.PathLike = "docs", *,
-                 plots: bool = True, length_budget: int | None = None) -> list[Path]:
-    """Write ``quality_table.md`` and (with ``plots``) ``img/recall_vs_budget.png`` and
-    ``img/recall_vs_length.png`` under ``docs_dir``; returns the paths written."""
+def report_paths(docs_dir: str | os.PathLike = "docs") -> list[Path]:
+    """The files :func:`write_report` writes under ``docs_dir``."""
     docs = Path(docs_dir)
-    docs.mkdir(parents=True, exist_ok=True)
-    table = docs / "quality_table.md"
-    table.write_text(markdown_table(results), encoding="utf-8")
+    return [docs / "quality_table.md", docs / "img" / "recall_vs_budget.png",
+            docs / "img" / "recall_vs_length.png"]
+
+
+def write_report(results: Mapping[str, Any], docs_dir: str | os.PathLike = "docs", *,
+                 plots: bool = True, length_budget: int | None = None,
+                 overwrite: bool = False) -> list[Path]:
+    """Write ``quality_table.md`` and (with ``plots``) ``img/recall_vs_budget.png`` and
+    ``img/recall_vs_length.png`` under ``docs_dir``; returns the paths written.
+
+    Raises:
+        OutputExistsError: one of them exists and ``overwrite`` is False (nothing written).
+    """
+    table, budget_png, length_png = report_paths(docs_dir)
+    for p in (table, budget_png, length_png) if plots else (table,):
+        check_output_file(p, overwrite)
+    write_bytes_atomic(table, markdown_table(results).encode("utf-8"))
     out = [table]
     if plots and results.get("runs"):
-        out.append(plot_recall_vs_budget(results, docs / "img" / "recall_vs_budget.png"))
-        out.append(plot_recall_vs_length(results, docs / "img" / "recall_vs_length.png",
-                                         budget=length_budget))
+        out.append(plot_recall_vs_budget(results, budget_png))
+        out.append(plot_recall_vs_length(results, length_png, budget=length_budget))
     return out
 
 

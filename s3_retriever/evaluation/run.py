@@ -55,6 +55,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from s3_retriever import corpus as _corpus
+from s3_retriever import storage
 from s3_retriever.engine import S3Index, S3Settings
 from s3_retriever.evaluation import splits as _splits
 from s3_retriever.evaluation.baselines import (
@@ -336,7 +337,8 @@ def index_corpus(index: S3Index, documents: Mapping[str, Document], *,
     ``cache``: a folder. When it holds an index of exactly these documents (ids and
     texts), made with the same model, SAEs, heads and scan settings, it is loaded and
     ``index``'s settings are applied to it; otherwise ``index`` scans the documents and
-    the result is saved there (replacing what was there).
+    the result is saved there (replacing an index there; a folder of other files is
+    refused).
 
     Returns:
         the index to search and ``{"scan_s", "from_cache", "documents", "tokens"}``.
@@ -346,7 +348,7 @@ def index_corpus(index: S3Index, documents: Mapping[str, Document], *,
         raise ValueError("index_corpus needs an empty index, or one holding exactly the corpus "
                          "(other documents would change the BM25 statistics)")
     info: dict[str, Any] = {"from_cache": False, "scan_s": 0.0}
-    if cache is not None and (Path(cache) / "manifest.json").is_file():
+    if cache is not None and S3Index.exists(cache):
         cached = S3Index.load(cache, model=index.lm)
         same = (len(cached) == len(documents)
                 and all(d in cached.index and cached.get_document(d).text == doc.text
@@ -369,7 +371,7 @@ def index_corpus(index: S3Index, documents: Mapping[str, Document], *,
                         [d.doc_id for d in todo], show_progress=show_progress)
     info["scan_s"] = time.perf_counter() - t
     if cache is not None:
-        index.save(cache)
+        index.save(cache, overwrite=True)  # only ever replaces an index (never other files)
     info.update(documents=len(index), tokens=int(index.index.n_tokens))
     return index, info
 
@@ -850,15 +852,10 @@ def run_sweep(cfg: EvalConfig, sweeps: Mapping[str, Sequence[Any]], *,
     }
 
 
-def write_json(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``results`` as indented JSON (NaN written as null), creating folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(results), indent=1, ensure_ascii=False) + "\n",
-                   encoding="utf-8")
-    tmp.replace(path)
-    return path
+def write_results(results: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``results`` as JSON, atomically (NaN and infinity written as null)."""
+    storage.write_json(path, _clean(results))
+    return Path(path)
 
 
 def _clean(obj: Any) -> Any:

@@ -50,7 +50,7 @@ from llama_index.core.vector_stores.types import (
     MetadataFilters,
 )
 
-from s3_retriever import LoadedModel, S3Index, Span
+from s3_retriever import IndexNotFoundError, LoadedModel, OutputExistsError, S3Index, Span
 from s3_retriever.engine import MODES
 from s3_retriever.storage import read_json, write_json
 
@@ -139,6 +139,14 @@ def to_engine_filters(filters: FiltersLike | None) -> dict[str, Any] | None:
             conds["$nin"] = conds.get("$nin", []) + [v for v in values
                                                      if v not in conds.get("$nin", [])]
     return out
+
+
+def _is_settings_file(path: Path) -> bool:
+    try:
+        stored = read_json(path)
+    except ValueError:
+        return False
+    return isinstance(stored, dict) and stored.get("format") == _FORMAT
 
 
 def _filters_to_json(filters: FiltersLike | None) -> dict[str, Any] | None:
@@ -447,7 +455,9 @@ class S3Retriever(BaseRetriever):
 
     def persist(self, persist_dir: str | os.PathLike) -> Path:
         """Save the index (``persist_dir/s3_index``, atomic) and the retriever settings
-        (``persist_dir/s3_retriever.json``). Other files in ``persist_dir`` are kept.
+        (``persist_dir/s3_retriever.json``), replacing what an earlier ``persist`` wrote
+        there, as LlamaIndex's own ``persist`` does. Other files in ``persist_dir`` are kept,
+        and neither name is ever replaced when it holds something that is not ours.
 
         Example:
             >>> from llama_index.core.schema import TextNode
@@ -457,11 +467,14 @@ class S3Retriever(BaseRetriever):
         """
         folder = Path(persist_dir)
         if folder.exists() and not folder.is_dir():
-            raise NotADirectoryError(f"{folder}: exists and is not a folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        self._index.save(folder / INDEX_FOLDER)
-        write_json(folder / RETRIEVER_FILE, {"format": _FORMAT, "format_version": _FORMAT_VERSION,
-                                             **self.get_persist_args()})
+            raise OutputExistsError(f"{folder}: exists and is not a folder")
+        settings_file = folder / RETRIEVER_FILE
+        if settings_file.exists() and not _is_settings_file(settings_file):
+            raise OutputExistsError(f"{settings_file}: not a file S3Retriever.persist wrote; "
+                                    "refusing to replace it")
+        self._index.save(folder / INDEX_FOLDER, overwrite=True)  # only ever an index of ours
+        write_json(settings_file, {"format": _FORMAT, "format_version": _FORMAT_VERSION,
+                                   **self.get_persist_args()})
         return folder
 
     @classmethod
@@ -519,12 +532,12 @@ class S3Retriever(BaseRetriever):
             args = {k: stored[k] for k in _PERSISTED if k in stored}
             args["filters"] = _filters_from_json(args.get("filters"))
             index_dir = folder / INDEX_FOLDER
-        elif (folder / "manifest.json").is_file():
+        elif S3Index.exists(folder):
             logger.info("%s holds a bare S3Index: using default retriever settings", folder)
             args, index_dir = {}, folder
         else:
-            raise FileNotFoundError(f"{folder}: neither {RETRIEVER_FILE} nor an index "
-                                    "manifest.json found (save one with S3Retriever.persist)")
+            raise IndexNotFoundError(f"{folder}: neither {RETRIEVER_FILE} nor an index found "
+                                     "(save one with S3Retriever.persist)")
         args.update(overrides)
         index = S3Index.load(index_dir, model=model, device=device, dtype=dtype)
         return cls(index, callback_manager=callback_manager, **args)

@@ -1,0 +1,149 @@
+"""Argument checks of the public API: each raises :class:`InvalidInputError` naming the
+argument and what to pass, before anything changes.
+
+Example:
+    >>> from s3_retriever.validate import positive_int
+    >>> positive_int(True, "k")
+    Traceback (most recent call last):
+    ...
+    s3_retriever.errors.InvalidInputError: k must be a positive integer, got True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from s3_retriever.errors import InvalidInputError
+
+FILTER_OPERATORS = ("$eq", "$ne", "$in", "$nin")
+
+
+def text(value: Any, what: str) -> str:
+    """A non-blank ``str`` that is valid Unicode (no lone surrogates, which no tokenizer
+    or file can hold)."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a str, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInputError(f"{what} is empty or whitespace only")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidInputError(
+            f"{what} holds a lone surrogate at character {e.start} (not valid Unicode); "
+            "repair it, e.g. s.encode('utf-8', 'replace').decode('utf-8')") from None
+    return value
+
+
+def positive_int(value: Any, what: str) -> int:
+    """An ``int`` > 0 (``True`` is not taken as 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInputError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def optional_positive_int(value: Any, what: str) -> int | None:
+    return None if value is None else positive_int(value, what)
+
+
+def fraction(value: Any, what: str) -> float:
+    """A real number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise InvalidInputError(f"{what} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def choice(value: Any, options: Iterable[str], what: str) -> str:
+    options = tuple(options)
+    if not isinstance(value, str) or value not in options:
+        raise InvalidInputError(f"{what} must be one of {options}, got {value!r}")
+    return value
+
+
+def doc_id(value: Any, what: str) -> str:
+    """A document id: a non-empty ``str`` (``None`` is never stored as ``"None"``)."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a str, got {type(value).__name__} "
+                                f"{value!r}; leave ids=None for generated ids")
+    if not value.strip():
+        raise InvalidInputError(f"{what} is empty or whitespace only")
+    return text(value, what)
+
+
+def id_list(values: Any, what: str) -> list[str]:
+    """A list of document ids; a single ``str`` is one id."""
+    if isinstance(values, str):
+        return [doc_id(values, what)]
+    if values is None or isinstance(values, (bytes, Mapping)) or \
+            not isinstance(values, Iterable):
+        raise InvalidInputError(f"{what} must be a list of document ids (str), got "
+                                f"{type(values).__name__}")
+    return [doc_id(v, f"{what}[{i}]") for i, v in enumerate(values)]
+
+
+def metadata(value: Any, what: str) -> dict[str, Any]:
+    """A JSON-serialisable dict with ``str`` keys (``None`` is an empty dict)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"{what} must be a dict, got {type(value).__name__}")
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise InvalidInputError(f"{what} has a key that is not a str: {bad[0]!r}")
+    try:
+        json.dumps(value, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as e:
+        raise InvalidInputError(f"{what} is not JSON-serialisable ({e})") from None
+    return dict(value)
+
+
+def filters(value: Any, what: str = "filters") -> dict[str, Any] | None:
+    """Metadata conditions: ``{"key": value}``, ``{"key": [v1, v2]}`` (any of) or
+    ``{"key": {"$eq"|"$ne"|"$in"|"$nin": ...}}``, where ``$in``/``$nin`` take a list."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"{what} must be a dict of metadata conditions, got "
+                                f"{type(value).__name__}")
+    for key, cond in value.items():
+        if not isinstance(key, str):
+            raise InvalidInputError(f"{what}: the key {key!r} is not a str")
+        if isinstance(cond, Mapping):
+            if not cond:
+                raise InvalidInputError(f"{what}[{key!r}] is an empty condition")
+            for op, arg in cond.items():
+                if op not in FILTER_OPERATORS:
+                    raise InvalidInputError(f"{what}[{key!r}]: unknown operator {op!r}; use "
+                                            f"{', '.join(FILTER_OPERATORS)}")
+                if op in ("$in", "$nin") and not isinstance(arg, (list, tuple, set, frozenset)):
+                    raise InvalidInputError(f"{what}[{key!r}]: {op} takes a list of values, "
+                                            f"got {type(arg).__name__} {arg!r}")
+    return dict(value)
+
+
+def matches(meta: Mapping[str, Any], conditions: Mapping[str, Any]) -> bool:
+    """Whether a document's metadata meets every condition (see :func:`filters`)."""
+    for key, cond in conditions.items():
+        has = key in meta
+        val = meta.get(key)
+        if isinstance(cond, Mapping):
+            for op, arg in cond.items():
+                if op == "$eq":
+                    ok = has and val == arg
+                elif op == "$ne":
+                    ok = not has or val != arg
+                elif op == "$in":
+                    ok = has and val in list(arg)
+                else:
+                    ok = not has or val not in list(arg)
+                if not ok:
+                    return False
+        elif isinstance(cond, (list, tuple, set, frozenset)):
+            if not has or val not in list(cond):
+                return False
+        elif not has or val != cond:
+            return False
+    return True
