@@ -26,20 +26,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from s3_retriever.activations import collect_qk
 from s3_retriever.calibration import budget_recall, scan_exact
 from s3_retriever.cli import _int_ranges
 from s3_retriever.corpus import generic_corpus
-from s3_retriever.engine import shipped_sae_dir
 from s3_retriever.evaluation.data import hotpotqa_benchmark
-from s3_retriever.fusion import fit_logistic, unit_features
-from s3_retriever.hooks import QKHooks
-from s3_retriever.kernels import topk_encode
-from s3_retriever.lexical import BM25Index, normalize
-from s3_retriever.models import load_model
-from s3_retriever.sae import load_saes
-from s3_retriever.scan import hookpoint_layer, tokenize_document
-from s3_retriever.spans import sentence_max_scores
+from s3_retriever.model.hooks import QKHooks
+from s3_retriever.retrieval.fusion import normalize
+from s3_retriever.sae.io import shipped_sae_dir
+from s3_retriever.sae.kernels import topk_encode
+from s3_retriever.sae.train import collect_qk
+from s3_retriever.text.bm25 import BM25Index
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learned_fusion import fit_logistic, unit_features  # noqa: E402
+
+from s3_retriever.model.hooks import hookpoint_layer
+from s3_retriever.model.loading import load_model
+from s3_retriever.retrieval.scan import tokenize_document
+from s3_retriever.retrieval.units import sentence_max_scores
+from s3_retriever.sae.io import load_saes
 
 
 def int8_keys(k: torch.Tensor) -> torch.Tensor:
@@ -182,7 +187,7 @@ def recall(results, key_fn, budgets):
 
 
 def features(r, variant):
-    """The learned fusion's per-sentence features (:func:`s3_retriever.fusion.unit_features`)."""
+    """The learned fusion's per-sentence features (``benchmarks/learned_fusion.py``)."""
     return unit_features(r[variant + "/heads"], r["bm25"], r["lengths"])
 
 

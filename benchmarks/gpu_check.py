@@ -53,8 +53,8 @@ def sync() -> None:
 
 def gpu_keys(index: Any, n_rows: int) -> torch.Tensor:
     """SAE inputs of layer 17 kv head 1 (keys / key_scale - b_dec), computed on the GPU."""
-    from s3_retriever.hooks import QKHooks
-    from s3_retriever.scan import tokenize_document
+    from s3_retriever.model.hooks import QKHooks
+    from s3_retriever.retrieval.scan import tokenize_document
 
     lm, sae = index.lm, index.saes["layers.17"]
     docs, _ = text_documents(lm.tokenizer, n_rows + 2048)
@@ -70,13 +70,19 @@ def gpu_keys(index: Any, n_rows: int) -> torch.Tensor:
 
 def kernel_rows(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, label: str
                 ) -> list[dict[str, Any]]:
-    from s3_retriever.kernels import naive_topk_encode, topk_encode
+    from kernel_variants import bf16_topk_encode, partial_topk_encode
+
+    from s3_retriever.sae.kernels import naive_topk_encode, topk_encode
 
     ref_acts, ref_ids = naive_topk_encode(x.cpu(), W.cpu(), b.cpu(), k)
     Wc, bc = W.cuda(), b.cuda()
     out = []
     for method in ("topk", "partial", "rerank", "bf16"):
         def fn(m: str = method) -> tuple[torch.Tensor, torch.Tensor]:
+            if m == "partial":
+                return partial_topk_encode(x, Wc, bc, k)
+            if m == "bf16":
+                return bf16_topk_encode(x, Wc, bc, k)
             return topk_encode(x, Wc, bc, k, method=m)
 
         fn()
@@ -116,7 +122,7 @@ def scan_rows(lm: Any, sizes: list[int]) -> list[dict[str, Any]]:
         dt = time.perf_counter() - t
         tokens = index.index.n_tokens
         # a plain full forward over the same chunks (no hooks), for the overhead ratio
-        from s3_retriever.scan import tokenize_document
+        from s3_retriever.retrieval.scan import tokenize_document
 
         sc = index.scanner
         t = time.perf_counter()

@@ -98,7 +98,7 @@ def summarise(parts: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
         "kv_bytes_per_token": kv,
         "index_bytes_per_token": big["disk_bytes_per_token"]["index"],
         "index_bytes_per_token_disk": big["disk_bytes_per_token"]["index"],
-        "index_bytes_per_token_ram": big["ram_bytes_per_token"]["index_arrays_plus_forward_cache"],
+        "index_bytes_per_token_ram": big["ram_bytes_per_token"]["index_arrays"],
         "index_bytes_per_token_ram_all": big["ram_bytes_per_token"]["all_including_bm25_and_text"],
     }
     out["kv_over_index_disk"] = round(kv / out["index_bytes_per_token_disk"], 1)
@@ -129,7 +129,7 @@ def summarise(parts: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     out["indexing_tokens_per_s"] = {"s3_scan": out["scan_tokens_per_s"],
                                     "s3_add_texts": out["add_texts_tokens_per_s"],
                                     "dense_minilm": peers["dense_minilm_tokens_per_s"],
-                                    "bm25_rank_bm25": peers["bm25_rank_bm25_tokens_per_s"],
+                                    "bm25_passages": peers["bm25_passages_tokens_per_s"],
                                     "bm25_engine": peers["bm25_engine_tokens_per_s"]}
     out["kernel_default_cpu"] = "topk"
     out["kernel_fastest_exact_scan_chunk"] = parts["kernels"]["fastest_exact_scan_chunk"]

@@ -126,7 +126,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    from s3_retriever.models import choose_dtype
+    from s3_retriever.model.loading import choose_dtype
 
     out = {
         "cpu": cpu,

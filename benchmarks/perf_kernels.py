@@ -30,8 +30,8 @@ from perf_common import emit, machine, real_documents  # noqa: E402
 def real_keys(n_rows: int) -> tuple[torch.Tensor, object]:
     """``n_rows`` SAE inputs (keys / key_scale - b_dec) of layer 17 kv head 1, and the SAE."""
     from s3_retriever import S3Index
-    from s3_retriever.hooks import QKHooks
-    from s3_retriever.scan import tokenize_document
+    from s3_retriever.model.hooks import QKHooks
+    from s3_retriever.retrieval.scan import tokenize_document
 
     index = S3Index.from_model("smollm2-135m")
     lm, sae = index.lm, index.saes["layers.17"]
@@ -68,15 +68,18 @@ def _agreement(ids: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 def bench_dictionary(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, label: str,
                      repeats: int, faiss_ivf: bool) -> list[dict]:
-    from s3_retriever.kernels import FaissTopK, naive_topk_encode, topk_encode
+    from kernel_variants import FaissTopK, bf16_topk_encode, partial_topk_encode
+
+    from s3_retriever.sae.kernels import naive_topk_encode, topk_encode
 
     D = W.shape[1]
     ref_t, (ref_acts, ref_ids) = _time(lambda: naive_topk_encode(x, W, b, k), repeats)
     rows = [{"dictionary": label, "latents": D, "k": k, "rows": len(x), "method": "naive",
              "seconds": round(ref_t, 5), "rows_per_s": round(len(x) / ref_t),
              "speedup": 1.0, "ids_exact": 1.0, "recall": 1.0}]
-    methods = {m: (lambda m=m: topk_encode(x, W, b, k, method=m))
-               for m in ("topk", "partial", "rerank", "bf16")}
+    methods = {m: (lambda m=m: topk_encode(x, W, b, k, method=m)) for m in ("topk", "rerank")}
+    methods["partial"] = lambda: partial_topk_encode(x, W, b, k)
+    methods["bf16"] = lambda: bf16_topk_encode(x, W, b, k)
     flat = FaissTopK(W, b)
     methods["faiss_flat"] = lambda: flat(x, k)
     if faiss_ivf:

@@ -58,7 +58,7 @@ class ReplayScanner:
 
 def stored_documents(src: Any) -> list[tuple[Any, Any]]:
     """(DocRecord, ScannedDocument) of every live document of ``src``, in table order."""
-    from s3_retriever.scan import ScannedDocument
+    from s3_retriever.retrieval.scan import ScannedDocument
 
     out = []
     for rec in src.index.docs:
@@ -68,9 +68,8 @@ def stored_documents(src: Any) -> list[tuple[Any, Any]]:
         s, e = rec.token_start, rec.token_end
         ids, acts, bias = {}, {}, {}
         for name in src.scanner.names:
-            k = src.saes[name.rsplit(".", 1)[0]].cfg.k
-            fi, fa = seg.postings[name].to_codes(k)
-            ids[name], acts[name] = fi[s:e], fa[s:e]
+            ids[name] = seg.codes[name].ids[s:e]
+            acts[name] = seg.codes[name].acts[s:e]
             if name in getattr(seg, "bias", {}):
                 bias[name] = np.asarray(seg.bias[name][s:e])
         doc = ScannedDocument(np.asarray(seg.token_char[s:e]), ids, acts)
@@ -132,13 +131,14 @@ class Timers:
 def instrument(index: Any) -> Timers:
     """Wrap the stages of ``index.search`` (instance attributes; the package is untouched)."""
     import s3_retriever.engine as engine
+    import s3_retriever.retrieval.packing as packing
 
     timers = Timers()
-    timers.wrap(index, "_question_queries", "forward")
+    timers.wrap(engine, "question_queries", "forward")
     timers.wrap(index, "_s3_units", "s3")
-    timers.wrap(index, "_grow", "grow")
-    timers.wrap(index._bm25, "scores", "bm25")
-    timers.wrap(engine, "pack_spans", "pack")
+    timers.wrap(engine, "best_spans", "grow")  # span growth and packing
+    timers.wrap(index.units.bm25, "scores", "bm25")
+    timers.wrap(packing, "pack_spans", "pack")
     return timers
 
 
@@ -159,31 +159,31 @@ def time_queries(index: Any, timers: Timers, questions: list[str], mode: str,
         stages["lookup_and_spans"].append(total - fwd)
         stages["s3_lookup"].append(parts.get("s3", 0.0) - fwd)
         stages["bm25"].append(parts.get("bm25", 0.0))
-        stages["span_growth"].append(parts.get("grow", 0.0))
+        stages["span_growth"].append(parts.get("grow", 0.0) - parts.get("pack", 0.0))
         stages["packing"].append(parts.get("pack", 0.0))
     return {k: percentiles(v) for k, v in stages.items()}
 
 
 def ram_bytes(index: Any) -> dict[str, int]:
-    """Bytes the loaded index keeps in memory, by part (the forward-code cache included)."""
-    # CSR postings count only while in memory (the attention scorer drops them once the
-    # compact forward view exists: Postings.drop_inverted)
-    postings = sum(p.nbytes for s in index.index.segments for p in s.postings.values()
-                   if getattr(p, "inverted_in_memory", True))
+    """Bytes the loaded index keeps in memory, by part."""
+    # the code store is what the attention scorer reads; postings exist only once built
+    # (the co-activation scorer and feature statistics build them from the codes)
+    codes = sum(c.nbytes for s in index.index.segments for c in s.codes.values())
+    postings = sum(c._postings.nbytes for s in index.index.segments for c in s.codes.values()
+                   if c._postings is not None)
     tables = sum(int(s.token_doc.nbytes + s.token_char.nbytes) for s in index.index.segments)
     bias = sum(int(b.nbytes) for s in index.index.segments
                for b in getattr(s, "bias", {}).values())
-    cache = sum(int(a.nbytes) for s in index.index.segments for p in s.postings.values()
-                for arrays in p._codes.values() for a in arrays)
-    bm = index._bm25
+    bm = index.units.bm25
     bm25 = sum(int(getattr(bm, a).nbytes) for a in ("_ids", "_offsets", "_idf", "_norm",
                                                       "_indptr", "_post_doc", "_post_tf")
                if hasattr(bm, a))
-    units = sum(int(a.nbytes) for a in (index._unit_doc, index._unit_bounds, index._unit_tokens))
-    units += sum(int(a.nbytes) for a in index._doc_token_unit)
+    units = sum(int(a.nbytes) for a in (index.units.doc, index.units.bounds,
+                                         index.units.tokens))
+    units += sum(int(a.nbytes) for a in index.units._token_unit)
     text = sum(len(d.text.encode("utf-8")) for d in index.index.docs)
-    return {"postings": postings, "token_tables": tables, "query_mean_columns": bias,
-            "forward_code_cache": cache, "bm25": bm25, "sentence_units": units,
+    return {"codes": codes, "postings": postings, "token_tables": tables,
+            "query_mean_columns": bias, "bm25": bm25, "sentence_units": units,
             "document_text": text}
 
 
@@ -192,8 +192,9 @@ def disk_bytes(folder: Path) -> dict[str, int]:
     def size(p: Path) -> int:
         return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.exists() else 0
 
-    out = {"postings": size(folder / "postings"), "token_tables": size(folder / "tokens"),
-           "docs_jsonl": size(folder / "docs.jsonl"), "saes": size(folder / "saes")}
+    gen = folder / json.loads((folder / "CURRENT").read_text())["folder"]
+    out = {"codes": size(gen / "codes"), "token_tables": size(gen / "tokens"),
+           "docs_jsonl": size(gen / "docs.jsonl"), "saes": size(gen / "saes")}
     out["total"] = size(folder)
     return out
 
@@ -281,7 +282,7 @@ def measure(index: Any, label: str, questions: list[str], n_filtered: int,
     out["hybrid_haystack_32k"] = time_queries(index, timers, questions[:n_filtered], "hybrid",
                                               windows)
     out["haystack_docs"] = width
-    # memory as the default (attention) scorer leaves it: CSR postings dropped
+    # memory as the default (attention) scorer leaves it: codes only, no postings
     ram = ram_bytes(index)
     out["ram_bytes"] = ram
     # the co-activation scorer: candidates straight from the inverted index's postings
@@ -293,11 +294,11 @@ def measure(index: Any, label: str, questions: list[str], n_filtered: int,
     finally:
         index.settings.scorer = scorer
     out["ram_bytes_after_coactivation"] = ram_bytes(index)
-    index_ram = ram["postings"] + ram["token_tables"] + ram["query_mean_columns"]
+    index_ram = ram["codes"] + ram["token_tables"] + ram["query_mean_columns"]
+    after = out["ram_bytes_after_coactivation"]
     out["ram_bytes_per_token"] = {
         "index_arrays": round(index_ram / n_tokens, 1),
-        "index_arrays_plus_forward_cache": round((index_ram + ram["forward_code_cache"])
-                                                 / n_tokens, 1),
+        "index_arrays_plus_postings": round((index_ram + after["postings"]) / n_tokens, 1),
         "all_including_bm25_and_text": round(sum(ram.values()) / n_tokens, 1)}
     out["rss_mb_after_queries"] = round(rss_mb(), 1)
     return out
@@ -307,7 +308,7 @@ def run(source: Path, sizes: list[int], n_questions: int, n_questions_1m: int,
         save: bool = True) -> dict[str, Any]:
     from s3_retriever import S3Index
     from s3_retriever.evaluation.baselines import DenseRetriever, Passage
-    from s3_retriever.models import load_model
+    from s3_retriever.model.loading import load_model
 
     lm = load_model("smollm2-135m")
     src = S3Index.load(source, model=lm)
@@ -331,7 +332,7 @@ def run(source: Path, sizes: list[int], n_questions: int, n_questions_1m: int,
             disk = disk_bytes(folder)
             res["disk_bytes"] = disk
             res["disk_bytes_per_token"] = {
-                "index": round((disk["postings"] + disk["token_tables"]) / res["tokens"], 1),
+                "index": round((disk["codes"] + disk["token_tables"]) / res["tokens"], 1),
                 "total_folder": round(disk["total"] / res["tokens"], 1)}
         res["baselines"] = baselines(lm, index, questions[:nq], vectors, dense)
         results["sizes"][label] = res

@@ -49,12 +49,12 @@ def report(d: dict[str, Any]) -> str:
         rows.append([lab, f"{r['tokens']:,}", r["disk_bytes_per_token"]["index"],
                      r["disk_bytes_per_token"]["total_folder"],
                      r["ram_bytes_per_token"]["index_arrays"],
-                     r["ram_bytes_per_token"]["index_arrays_plus_forward_cache"],
+                     r["ram_bytes_per_token"]["index_arrays_plus_postings"],
                      r["ram_bytes_per_token"]["all_including_bm25_and_text"],
                      r["baselines"]["bm25_bytes_per_token"],
                      r["baselines"]["dense_bytes_per_token"]])
     out.append(_table(["index", "tokens", "disk B/token (index)", "disk B/token (folder)",
-                       "RAM B/token (index arrays)", "RAM B/token (+ forward cache)",
+                       "RAM B/token (codes and tables)", "RAM B/token (+ postings)",
                        "RAM B/token (+ BM25, text)", "rank-bm25 B/token",
                        "dense B/token"], rows))
     out += ["", f"KV cache: {q['kv_bytes_per_token']:,} B/token", ""]

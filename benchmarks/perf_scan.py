@@ -13,7 +13,7 @@ reported figure of each variant is its median over the rounds:
 * ``forward_to_last_indexed``: a plain forward stopped after the last indexed layer (the
   decoder truncated to layers 0..18), no hooks -- the same layers the scan runs;
 * ``scan``: the S3 scan proper: tokenisation with offsets, hooks, SAE top-k encode of the
-  indexed kv heads, codes, and the CSR postings (``Postings.from_codes``);
+  indexed kv heads, and the canonical code store (``Codes.from_scan``);
 * ``add_texts``: ``S3Index.add_texts`` end to end (the scan plus sentence splitting, the
   BM25 units of hybrid search and the doc table).
 
@@ -44,7 +44,7 @@ from perf_common import emit, machine, real_documents  # noqa: E402
 @contextlib.contextmanager
 def truncated(model, n_layers: int):
     """Run ``model`` with only its first ``n_layers`` decoder layers (restored on exit)."""
-    from s3_retriever.hooks import decoder_layers
+    from s3_retriever.model.hooks import decoder_layers
 
     inner = model.model
     layers = decoder_layers(model)
@@ -57,7 +57,7 @@ def truncated(model, n_layers: int):
 
 def chunks_of(index, docs: list[str]) -> list[np.ndarray]:
     """The scan's chunks (with carried context) of ``docs``, as token id arrays."""
-    from s3_retriever.scan import tokenize_document
+    from s3_retriever.retrieval.scan import tokenize_document
 
     sc = index.scanner
     out = []
@@ -71,8 +71,8 @@ def chunks_of(index, docs: list[str]) -> list[np.ndarray]:
 
 def run(n_tokens: int = 8192, rounds: int = 3) -> dict:
     from s3_retriever import S3Index
-    from s3_retriever.index import Postings
-    from s3_retriever.scan import hookpoint_layer
+    from s3_retriever.index import Codes
+    from s3_retriever.model.hooks import hookpoint_layer
 
     index = S3Index.from_model("smollm2-135m")
     lm = index.lm
@@ -99,11 +99,10 @@ def run(n_tokens: int = 8192, rounds: int = 3) -> dict:
 
     def scan() -> None:
         scanned = index.scanner.scan(docs, show_progress=False)
-        for name in index.scanner.names:
-            hp = name.rsplit(".", 1)[0]
-            Postings.from_codes(np.concatenate([d.ids[name] for d in scanned]),
-                                np.concatenate([d.acts[name] for d in scanned]),
-                                index.saes[hp].cfg.num_latents)
+        for name, (hp, _) in index.scanner.streams.items():
+            Codes.from_scan(np.concatenate([d.ids[name] for d in scanned]),
+                            np.concatenate([d.acts[name] for d in scanned]),
+                            index.saes[hp].cfg.num_latents)
 
     fresh = [S3Index.from_model(lm) for _ in range(rounds + 1)]  # built before the timing
 
@@ -144,10 +143,10 @@ def run(n_tokens: int = 8192, rounds: int = 3) -> dict:
 
 def peers(lm, docs: list[str], n_tokens: int) -> dict:
     """Indexing throughput of the dense and BM25 baselines over the same text."""
-    from s3_retriever import lexical
     from s3_retriever.evaluation.baselines import BM25Retriever, DenseRetriever, make_passages
     from s3_retriever.evaluation.data import Document
-    from s3_retriever.spans import split_sentences
+    from s3_retriever.text.bm25 import BM25Index
+    from s3_retriever.text.sentences import split_sentences
 
     def count(s: str) -> int:
         return len(lm.tokenizer(s, add_special_tokens=False)["input_ids"])
@@ -157,10 +156,10 @@ def peers(lm, docs: list[str], n_tokens: int) -> dict:
     out: dict = {"passages": len(passages)}
     t = time.perf_counter()
     BM25Retriever(passages)
-    out["bm25_rank_bm25_tokens_per_s"] = round(n_tokens / (time.perf_counter() - t), 1)
+    out["bm25_passages_tokens_per_s"] = round(n_tokens / (time.perf_counter() - t), 1)
     t = time.perf_counter()
     units = [d[a:b] for d in docs for a, b in split_sentences(d)]
-    lexical.BM25Index(units)
+    BM25Index(units)
     out["bm25_engine_tokens_per_s"] = round(n_tokens / (time.perf_counter() - t), 1)
     t = time.perf_counter()
     dense = DenseRetriever(passages[:8], show_progress=False)  # loads the model

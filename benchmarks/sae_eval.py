@@ -14,12 +14,11 @@ import json
 
 import torch
 
-from s3_retriever.activations import collect_qk
 from s3_retriever.corpus import generic_corpus
-from s3_retriever.engine import shipped_sae_dir
-from s3_retriever.models import load_model
-from s3_retriever.sae import evaluate_sae, load_saes
-from s3_retriever.scan import hookpoint_layer
+from s3_retriever.model.hooks import hookpoint_layer
+from s3_retriever.model.loading import load_model
+from s3_retriever.sae.io import load_saes, shipped_sae_dir
+from s3_retriever.sae.train import collect_qk, evaluate_sae
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,10 +17,9 @@ import time
 
 import torch
 
-from s3_retriever.activations import collect_qk
 from s3_retriever.corpus import generic_corpus
-from s3_retriever.models import load_model
-from s3_retriever.sae import evaluate_sae, train_sae
+from s3_retriever.model.loading import load_model
+from s3_retriever.sae.train import collect_qk, evaluate_sae, train_sae
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ import torch
 
 from s3_retriever import S3Index
 from s3_retriever.demo import build_haystack
-from s3_retriever.models import DTYPE_ENV, cpu_has_fast_bf16, dtype_choice, load_model
+from s3_retriever.model.loading import DTYPE_ENV, cpu_has_fast_bf16, dtype_choice, load_model
 
 
 def cpu_name() -> str:

@@ -5,7 +5,17 @@ Example:
     >>> index = S3Index.from_model("smollm2-135m")
 """
 
-from s3_retriever.engine import S3Index, S3Settings
+from s3_retriever import storage
+from s3_retriever.config import (
+    ANSWER_BUDGET_TOKENS,
+    DEFAULT_K,
+    DEFAULT_MODEL,
+    FUSIONS,
+    MAX_NEW_TOKENS,
+    MODES,
+    S3Settings,
+)
+from s3_retriever.engine import S3Index
 from s3_retriever.errors import (
     EmptyIndexError,
     IndexFormatError,
@@ -17,16 +27,17 @@ from s3_retriever.errors import (
     SAEError,
     UnknownDocumentError,
 )
-from s3_retriever.generate import Answer
-from s3_retriever.models import DEFAULT_MODEL, LoadedModel, load_model
-from s3_retriever.sae import TopKSAE
-from s3_retriever.spans import Span
+from s3_retriever.generate import Answer, generate_text
+from s3_retriever.model.loading import LoadedModel, load_model
+from s3_retriever.retrieval.spans import Span
+from s3_retriever.sae.coder import TopKSAE
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Answer", "DEFAULT_MODEL", "EmptyIndexError", "IndexFormatError", "IndexNotFoundError",
-    "InvalidInputError", "LoadedModel", "ModelLoadError", "OutputExistsError", "S3Error",
-    "S3Index", "S3Settings", "SAEError", "Span", "TopKSAE", "UnknownDocumentError",
-    "load_model",
+    "ANSWER_BUDGET_TOKENS", "Answer", "DEFAULT_K", "DEFAULT_MODEL", "EmptyIndexError",
+    "FUSIONS", "IndexFormatError", "IndexNotFoundError", "InvalidInputError", "LoadedModel",
+    "MAX_NEW_TOKENS", "MODES", "ModelLoadError", "OutputExistsError", "S3Error", "S3Index",
+    "S3Settings", "SAEError", "Span", "TopKSAE", "UnknownDocumentError", "generate_text",
+    "load_model", "storage",
 ]

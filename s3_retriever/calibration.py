@@ -1,12 +1,9 @@
 """Find the retrieval heads: score every (layer, query head) by the evidence recall its exact
 attention achieves on a calibration split of questions with gold evidence.
 
-For each question, each document of its haystack is run through the model on its own
-(as the scan does) and its exact pre-RoPE keys are kept; the question is run on its own
-for its queries. A head scores each haystack token by the softmax attention mass the
-question's tokens put on it; a sentence takes the max of its smoothed token scores;
-sentences are taken best first until the token budget is spent; recall is the fraction of
-gold evidence spans inside the taken sentences.
+Each document is run on its own (as the scan does) and a head scores its tokens by the
+question's exact softmax attention mass; sentences take their max smoothed score and fill
+the budget best first; recall is the share of gold evidence inside them.
 
 Example:
     >>> import numpy as np
@@ -23,26 +20,25 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from s3_retriever.activations import collect_qk
 from s3_retriever.corpus import generic_corpus
 from s3_retriever.evaluation.data import Benchmark
-from s3_retriever.fusion import LearnedFusion, unit_features
-from s3_retriever.hooks import QKHooks
-from s3_retriever.models import LoadedModel
-from s3_retriever.scan import hookpoint_layer, tokenize_document
-from s3_retriever.spans import (
+from s3_retriever.model.hooks import QKHooks, hookpoint_layer
+from s3_retriever.model.loading import LoadedModel
+from s3_retriever.retrieval.packing import greedy_fill
+from s3_retriever.retrieval.scan import tokenize_document
+from s3_retriever.retrieval.units import (
     sentence_max_scores,
     sentence_token_counts,
-    split_sentences,
     token_sentence_map,
 )
+from s3_retriever.sae.train import collect_qk
 from s3_retriever.storage import write_json
+from s3_retriever.text.sentences import split_sentences
 
 
 def budget_recall(scores: np.ndarray, lengths: np.ndarray, gold: np.ndarray,
@@ -51,13 +47,8 @@ def budget_recall(scores: np.ndarray, lengths: np.ndarray, gold: np.ndarray,
     if not gold.any():
         return math.nan
     order = np.argsort(-scores, kind="stable")
-    used, got = 0, 0
-    for i in order:
-        if used + lengths[i] > budget:
-            continue
-        used += lengths[i]
-        got += bool(gold[i])
-    return got / int(gold.sum())
+    kept = order[greedy_fill(np.asarray(lengths)[order], budget)]
+    return int(np.asarray(gold)[kept].sum()) / int(gold.sum())
 
 
 @dataclass
@@ -184,7 +175,7 @@ def mean_queries(lm: LoadedModel, heads: Sequence[tuple[str, int]],
                  show_progress: bool = True) -> dict[tuple[str, int], list[float]]:
     """The mean pre-RoPE query of each ``(hookpoint, head)`` over generic text (run in
     chunks after the sink prefix, as the scan runs documents): the vector of the query-mean
-    term (see :mod:`s3_retriever.scoring`). ``texts`` default to the SAE training corpus."""
+    term (see :mod:`s3_retriever.retrieval.scoring`). ``texts`` default to the SAE training corpus."""
     heads = [(hp, int(h)) for hp, h in heads]
     layers = sorted({hookpoint_layer(hp) for hp, _ in heads})
     qk = collect_qk(lm, list(texts) if texts is not None else generic_corpus(), layers,
@@ -210,35 +201,3 @@ def add_query_means(heads_file: str | os.PathLike, lm: LoadedModel,
                            else f"{len(texts)} user texts"}
     write_json(path, data)
     return data["heads"]
-
-
-def fit_fusion(index: Any, bench: Benchmark, *, l2: float = 1e-2, show_progress: bool = True,
-               info: dict[str, Any] | None = None) -> LearnedFusion:
-    """Fit the learned fusion (:mod:`s3_retriever.fusion`) on a calibration benchmark.
-
-    ``index`` is an :class:`~s3_retriever.engine.S3Index`; the benchmark's documents
-    missing from it are scanned first. Every sentence unit of every question's haystack is
-    one training row, labelled 1 when it holds a gold evidence span.
-    """
-    todo = [d for d in bench.documents.values() if d.doc_id not in index.index]
-    if todo:
-        index.add_texts([d.text for d in todo], [d.metadata for d in todo],
-                        [d.doc_id for d in todo], show_progress=show_progress)
-    xs, ys = [], []
-    for ex in tqdm(bench.examples, desc="fusion features", disable=not show_progress):
-        us = index.unit_scores(ex.question, doc_ids=ex.doc_ids)
-        golds: dict[str, list[tuple[int, int]]] = {}
-        for e in ex.evidence:
-            golds.setdefault(e.doc_id, []).append((e.start_char, e.end_char))
-        y = np.array([any(s <= gs and ge <= e for gs, ge in golds.get(d, ()))
-                      for d, (s, e) in zip(us["doc_id"], us["bounds"])], np.float64)
-        if not y.any():
-            continue
-        xs.append(unit_features(us["head"], us["bm25"], us["tokens"]))
-        ys.append(y)
-    if not xs:
-        raise ValueError("no calibration question has gold evidence in its haystack")
-    X, y = np.concatenate(xs), np.concatenate(ys)
-    meta = {"questions": len(xs), "units": int(len(y)), "gold_units": int(y.sum()), "l2": l2,
-            **(info or {})}
-    return LearnedFusion.fit(us["heads"], X, y, l2=l2, info=meta)

@@ -19,8 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from s3_retriever import validate
+from s3_retriever.config import (
+    ANSWER_BUDGET_TOKENS,
+    DEFAULT_K,
+    DEFAULT_MODEL,
+    MAX_NEW_TOKENS,
+    MODES,
+)
 from s3_retriever.errors import InvalidInputError, S3Error
-from s3_retriever.models import DEFAULT_MODEL
 
 
 def read_text_file(path: str, encoding: str | None = None, errors: str = "strict") -> str:
@@ -80,7 +86,8 @@ def _print_spans(spans, as_json: bool) -> None:
 
 def cmd_index(a: argparse.Namespace) -> int:
     from s3_retriever import storage
-    from s3_retriever.engine import INDEX_KIND, S3Index
+    from s3_retriever.engine import S3Index
+    from s3_retriever.index.persistence import INDEX_KIND
 
     storage.check_target(a.out, INDEX_KIND, a.overwrite)  # before the (long) scan
     texts, metas, ids = _read_texts(a)
@@ -128,7 +135,7 @@ def cmd_ask(a: argparse.Namespace) -> int:
     _check_search_args(a)
 
     index = S3Index.load(a.index, device=a.device, dtype=a.dtype)
-    ans = index.answer(a.question, budget_tokens=1024 if a.budget is None else a.budget,
+    ans = index.answer(a.question, budget_tokens=ANSWER_BUDGET_TOKENS if a.budget is None else a.budget,
                        mode=a.mode,
                        max_new_tokens=a.max_new_tokens)
     if a.json:
@@ -143,9 +150,9 @@ def cmd_ask(a: argparse.Namespace) -> int:
 
 def cmd_train_sae(a: argparse.Namespace) -> int:
     from s3_retriever import storage
-    from s3_retriever.models import load_model
-    from s3_retriever.sae import is_sae_folder
-    from s3_retriever.training import train_model_saes
+    from s3_retriever.model.loading import load_model
+    from s3_retriever.sae.io import is_sae_folder
+    from s3_retriever.sae.train import train_model_saes
 
     storage.check_folder_output(a.out, overwrite=a.overwrite, recognise=is_sae_folder)
     texts = [read_text_file(f, a.encoding, a.errors) for f in a.texts] if a.texts else None
@@ -153,15 +160,15 @@ def cmd_train_sae(a: argparse.Namespace) -> int:
     report = train_model_saes(lm, a.layers, a.out, num_latents=a.num_latents, k=a.k,
                               texts=texts, max_tokens=a.max_tokens, steps=a.steps,
                               epochs=a.epochs, auxk_alpha=a.auxk_alpha, lr=a.lr,
-                              heads=([tuple(int(x) for x in h.split(":")) for h in a.heads]
-                                     if a.heads and a.per_head else None),
                               device=a.device, overwrite=a.overwrite,
                               show_progress=not a.quiet)
     if a.heads:
         from s3_retriever.calibration import add_query_means
+        from s3_retriever.model.hooks import hookpoint_name
         from s3_retriever.storage import write_json
 
-        heads = [[f"layers.{h.split(':')[0]}", int(h.split(":")[1]), 1.0] for h in a.heads]
+        heads = [[hookpoint_name(int(h.split(':')[0])), int(h.split(":")[1]), 1.0]
+                 for h in a.heads]
         write_json(Path(a.out) / "heads.json", {"heads": heads})
         if a.query_mean_tokens:
             add_query_means(Path(a.out) / "heads.json", lm, texts,
@@ -170,34 +177,9 @@ def cmd_train_sae(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_calibrate_fusion(a: argparse.Namespace) -> int:
-    from s3_retriever.calibration import fit_fusion
-    from s3_retriever.engine import S3Index
-    from s3_retriever.evaluation.data import hotpotqa_benchmark
-
-    index = S3Index.from_model(a.model, saes=a.saes, device=a.device, dtype=a.dtype)
-    lm = index.lm
-
-    def count(text: str) -> int:
-        return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    bench = hotpotqa_benchmark(_int_ranges(a.questions), a.context_tokens, count, path=a.data,
-                               seed=a.seed)
-    model = fit_fusion(index, bench, l2=a.l2, show_progress=not a.quiet, info={
-        "model": lm.model_id, "split": f"HotpotQA questions {a.questions}",
-        "context_tokens": a.context_tokens, "seed": a.seed,
-        "command": "s3-retriever " + " ".join(sys.argv[1:])})
-    out = model.save(a.out)
-    print(f"learned fusion over {len(model.heads)} heads + BM25 + length -> {out}")
-    for name, w in zip([*model.heads, "bm25", "log_tokens"], model.weights):
-        print(f"  {name:>14}: {w:+.3f}")
-    print(f"  {'bias':>14}: {model.bias:+.3f}")
-    return 0
-
-
 def cmd_query_means(a: argparse.Namespace) -> int:
     from s3_retriever.calibration import add_query_means
-    from s3_retriever.models import load_model
+    from s3_retriever.model.loading import load_model
 
     lm = load_model(a.model, a.device, a.dtype)
     heads = add_query_means(Path(a.saes) / "heads.json", lm, max_tokens=a.tokens,
@@ -217,7 +199,8 @@ def _int_ranges(spec: str) -> list[int]:
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from s3_retriever.calibration import head_recalls
     from s3_retriever.evaluation.data import hotpotqa_benchmark
-    from s3_retriever.models import load_model
+    from s3_retriever.model.hooks import hookpoint_name
+    from s3_retriever.model.loading import load_model
     from s3_retriever.storage import check_output_file, write_json
 
     check_output_file(a.out, a.overwrite)
@@ -232,7 +215,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
                        show_progress=not a.quiet)
     heads, curve = cal.choose_heads(a.max_heads)
     report = {
-        "heads": [[f"layers.{layer}", h, 1.0] for layer, h in heads],
+        "heads": [[hookpoint_name(layer), h, 1.0] for layer, h in heads],
         "calibration": {
             "model": lm.model_id, "questions": a.questions, "context_tokens": a.context_tokens,
             "budget": a.budget, "seed": a.seed, "layers": cal.layers,
@@ -290,12 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=helptext)
         q.add_argument("index")
         q.add_argument("question")
-        q.add_argument("--k", type=int, default=4 if name == "search" else None)
+        q.add_argument("--k", type=int, default=DEFAULT_K if name == "search" else None)
         q.add_argument("--budget", type=int, default=None, help="token budget")
-        q.add_argument("--mode", choices=["hybrid", "s3", "bm25"], default=None)
+        q.add_argument("--mode", choices=MODES, default=None)
         q.add_argument("--json", action="store_true")
         if name == "ask":
-            q.add_argument("--max-new-tokens", type=int, default=48)
+            q.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
         model_args(q)
         q.set_defaults(func=func)
 
@@ -315,9 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query heads to score with, written to heads.json (e.g. 17:3 18:6)")
     q.add_argument("--query-mean-tokens", type=int, default=50_000,
                    help="tokens for each --heads head's mean query (0: none)")
-    q.add_argument("--per-head", action="store_true",
-                   help="train each layer's SAE only on the --heads queries and the keys of "
-                        "their kv heads (default: every head of the layer)")
     q.add_argument("--out", required=True, help="a new or empty folder")
     overwrite_arg(q, "an SAE folder")
     input_args(q)
@@ -342,20 +322,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true")
     model_args(q)
     q.set_defaults(func=cmd_calibrate)
-
-    q = sub.add_parser("calibrate-fusion", help="fit the learned fusion (per-head S3 scores + "
-                                               "BM25 + length) on HotpotQA calibration questions")
-    q.add_argument("--model", default=DEFAULT_MODEL)
-    q.add_argument("--saes", default=None, help="SAE folder (default: the shipped SAEs)")
-    q.add_argument("--questions", default="0-99", help="HotpotQA question indices (file order)")
-    q.add_argument("--context-tokens", type=int, default=8000)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--l2", type=float, default=1e-2)
-    q.add_argument("--data", default=None, help="folder with the QA data (default ../shared/data)")
-    q.add_argument("--out", required=True, help="fusion.json (or a folder) to write")
-    q.add_argument("--quiet", action="store_true")
-    model_args(q)
-    q.set_defaults(func=cmd_calibrate_fusion)
 
     q = sub.add_parser("query-means", help="add each head's mean query (the query-mean term) "
                                           "to the heads.json of an SAE folder")

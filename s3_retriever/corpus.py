@@ -1,16 +1,9 @@
 """The built-in generic text: where SAE training text and the shared data live.
 
-SAEs are trained on *generic* text, never on the paragraphs an evaluation asks about.
-We reserve a fixed, documented slice of the HotpotQA dev set for that purpose:
-
-* questions ``RESERVED_SAE_QUESTIONS`` (file order, 0-based) are never evaluated;
-* their paragraphs, minus any paragraph (by title) that also occurs in an
-  evaluable question, form the SAE training corpus (:func:`generic_corpus`);
-* every evaluation haystack excludes those training paragraphs
-  (:func:`reserved_titles`).
-
-The text is English Wikipedia via HotpotQA (Yang et al., EMNLP 2018), CC BY-SA 4.0;
-SAE weights trained on it are released under the same licence.
+SAEs are trained on generic text, never on what an evaluation asks about: the paragraphs
+of HotpotQA questions ``RESERVED_SAE_QUESTIONS`` (never evaluated; English Wikipedia, CC
+BY-SA 4.0) form :func:`generic_corpus`, and every haystack excludes them
+(:func:`reserved_titles`).
 
 Example:
     >>> from s3_retriever.corpus import RESERVED_SAE_QUESTIONS

@@ -24,7 +24,7 @@ DEMO_QUESTION = 7  # file order in the HotpotQA dev subset; not reserved for SAE
 def build_haystack(target_tokens: int = 8200, question: int = DEMO_QUESTION,
                    seed: int = 0) -> tuple[str, dict]:
     """A ~``target_tokens`` text: the question's paragraphs shuffled among other paragraphs."""
-    from s3_retriever.models import load_model
+    from s3_retriever.model.loading import load_model
 
     tok = load_model("smollm2-135m", dtype="fp32").tokenizer
     data = load_hotpotqa()

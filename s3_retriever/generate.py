@@ -5,7 +5,7 @@ retrieval budget) and the question, so the memory of answering does not depend o
 text is indexed.
 
 Example:
-    >>> from s3_retriever.spans import Span, order_for_prompt
+    >>> from s3_retriever.retrieval.spans import Span, order_for_prompt
     >>> spans = [Span("d", 0, 5, "Paris", 1.0)]
     >>> print(build_messages("Capital of France?", spans)[1]["content"])
     Context:
@@ -23,15 +23,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from s3_retriever.config import MAX_NEW_TOKENS
 from s3_retriever.errors import InvalidInputError
-from s3_retriever.models import LoadedModel
-from s3_retriever.spans import Span, order_for_prompt
+from s3_retriever.model.loading import LoadedModel
+from s3_retriever.retrieval.spans import Span, order_for_prompt
 
 SYSTEM_PROMPT = ("Answer the question using only the context. Reply with a short answer "
                  "(a few words), no explanation.")
 
 
-_PREFIXES = re.compile(r"^\s*(?:the\s+)?(?:final\s+|short\s+)?answer\s*(?:is)?\s*[:\-]?\s*",
+_PREFIXES = re.compile(r"^\s*(?:the\s+)?(?:final\s+|short\s+)?answer\b\s*(?:is\b)?\s*[:\-]?\s*",
                        re.IGNORECASE)
 
 
@@ -81,7 +82,8 @@ def prompt_ids(lm: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
     return tok(text, add_special_tokens=True)["input_ids"]
 
 
-def generate(lm: LoadedModel, messages: list[dict[str, str]], *, max_new_tokens: int = 48,
+def generate_text(lm: LoadedModel, messages: list[dict[str, str]], *,
+             max_new_tokens: int = MAX_NEW_TOKENS,
              lock: threading.Lock | threading.RLock | None = None) -> tuple[str, int]:
     """Greedy generation from chat messages; returns (text, prompt token count).
 
@@ -104,11 +106,11 @@ def generate(lm: LoadedModel, messages: list[dict[str, str]], *, max_new_tokens:
 
 
 def answer_from_spans(lm: LoadedModel, question: str, spans: Sequence[Span], *,
-                      max_new_tokens: int = 48, doc_order: dict[str, int] | None = None,
+                      max_new_tokens: int = MAX_NEW_TOKENS, doc_order: dict[str, int] | None = None,
                       lock: threading.Lock | threading.RLock | None = None) -> Answer:
     """Lay ``spans`` out in document order, prompt the model with them and the question;
     the reply is trimmed to a short answer (:func:`clean_answer`)."""
     ordered = order_for_prompt(spans, doc_order)
-    text, n = generate(lm, build_messages(question, ordered), max_new_tokens=max_new_tokens,
+    text, n = generate_text(lm, build_messages(question, ordered), max_new_tokens=max_new_tokens,
                        lock=lock)
     return Answer(text=clean_answer(text), spans=list(ordered), prompt_tokens=n)

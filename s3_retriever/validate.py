@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from s3_retriever.errors import InvalidInputError
 
-FILTER_OPERATORS = ("$eq", "$ne", "$in", "$nin")
+
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool (numpy integers included)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def text(value: Any, what: str) -> str:
@@ -84,6 +88,18 @@ def id_list(values: Any, what: str) -> list[str]:
     return [doc_id(v, f"{what}[{i}]") for i, v in enumerate(values)]
 
 
+def one_per(values: Any, n: int, what: str, kind: str) -> list[Any]:
+    """``values`` as a list of ``n`` items, one per text (``None``: ``n`` Nones)."""
+    if values is None:
+        return [None] * n
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Sequence):
+        raise InvalidInputError(f"{what} must be a list of {kind} (one per text), got "
+                                f"{type(values).__name__}")
+    if len(values) != n:
+        raise InvalidInputError(f"{len(values)} {what} for {n} texts")
+    return list(values)
+
+
 def metadata(value: Any, what: str) -> dict[str, Any]:
     """A JSON-serialisable dict with ``str`` keys (``None`` is an empty dict)."""
     if value is None:
@@ -94,56 +110,7 @@ def metadata(value: Any, what: str) -> dict[str, Any]:
     if bad:
         raise InvalidInputError(f"{what} has a key that is not a str: {bad[0]!r}")
     try:
-        json.dumps(value, allow_nan=False).encode("utf-8")
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as e:
         raise InvalidInputError(f"{what} is not JSON-serialisable ({e})") from None
     return dict(value)
-
-
-def filters(value: Any, what: str = "filters") -> dict[str, Any] | None:
-    """Metadata conditions: ``{"key": value}``, ``{"key": [v1, v2]}`` (any of) or
-    ``{"key": {"$eq"|"$ne"|"$in"|"$nin": ...}}``, where ``$in``/``$nin`` take a list."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise InvalidInputError(f"{what} must be a dict of metadata conditions, got "
-                                f"{type(value).__name__}")
-    for key, cond in value.items():
-        if not isinstance(key, str):
-            raise InvalidInputError(f"{what}: the key {key!r} is not a str")
-        if isinstance(cond, Mapping):
-            if not cond:
-                raise InvalidInputError(f"{what}[{key!r}] is an empty condition")
-            for op, arg in cond.items():
-                if op not in FILTER_OPERATORS:
-                    raise InvalidInputError(f"{what}[{key!r}]: unknown operator {op!r}; use "
-                                            f"{', '.join(FILTER_OPERATORS)}")
-                if op in ("$in", "$nin") and not isinstance(arg, (list, tuple, set, frozenset)):
-                    raise InvalidInputError(f"{what}[{key!r}]: {op} takes a list of values, "
-                                            f"got {type(arg).__name__} {arg!r}")
-    return dict(value)
-
-
-def matches(meta: Mapping[str, Any], conditions: Mapping[str, Any]) -> bool:
-    """Whether a document's metadata meets every condition (see :func:`filters`)."""
-    for key, cond in conditions.items():
-        has = key in meta
-        val = meta.get(key)
-        if isinstance(cond, Mapping):
-            for op, arg in cond.items():
-                if op == "$eq":
-                    ok = has and val == arg
-                elif op == "$ne":
-                    ok = not has or val != arg
-                elif op == "$in":
-                    ok = has and val in list(arg)
-                else:
-                    ok = not has or val not in list(arg)
-                if not ok:
-                    return False
-        elif isinstance(cond, (list, tuple, set, frozenset)):
-            if not has or val not in list(cond):
-                return False
-        elif not has or val != cond:
-            return False
-    return True

@@ -14,7 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def lm():
     """The embedded default model (SmolLM2-135M-Instruct), loaded through the cache."""
-    from s3_retriever.models import load_model
+    from s3_retriever.model.loading import load_model
 
     return load_model("smollm2-135m")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from s3_retriever import models
+from s3_retriever.model import loading as models
 
 _PREFIXES = ("s3_retriever", "langchain_s3", "llama_index.retrievers.s3")
 

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from s3_retriever import S3Index, load_model
-from s3_retriever.training import train_model_saes
+from s3_retriever.sae.train import train_model_saes
 
 # Generic text: any prose that is *not* what you will ask questions about.
 GENERIC = [

@@ -1,8 +1,9 @@
 """MkDocs hook: default values quoted in the prose come from the code at build time.
 
-``{{ settings.NAME }}`` is the default of the :class:`~s3_retriever.engine.S3Settings` field
-``NAME``; ``{{ default:module.object:param }}`` the default of a parameter of any function,
-method or dataclass. A name that does not exist fails the build, so renaming a setting
+``{{ settings.NAME }}`` is the default of the :class:`~s3_retriever.config.S3Settings` field
+``NAME``; ``{{ config.NAME }}`` the value of a constant of :mod:`s3_retriever.config` (where
+every default is defined); ``{{ default:module.object:param }}`` the default of a parameter
+of any function, method or dataclass. A name that does not exist fails the build, so renaming a setting
 cannot leave a stale page behind.
 """
 
@@ -13,7 +14,8 @@ import inspect
 import re
 from typing import Any
 
-PATTERN = re.compile(r"\{\{\s*(settings\.(\w+)|default:([\w.]+):(\w+))\s*\}\}")
+PATTERN = re.compile(
+    r"\{\{\s*(settings\.(\w+)|config\.(\w+)|default:([\w.]+):(\w+))\s*\}\}")
 
 
 def _resolve(dotted: str) -> Any:
@@ -46,8 +48,10 @@ def substitute(markdown: str) -> str:
     """Replace every placeholder in ``markdown``."""
     def one(m: re.Match[str]) -> str:
         if m.group(2):
-            return render(default_of("s3_retriever.engine.S3Settings", m.group(2)))
-        return render(default_of(m.group(3), m.group(4)))
+            return render(default_of("s3_retriever.config.S3Settings", m.group(2)))
+        if m.group(3):
+            return render(getattr(importlib.import_module("s3_retriever.config"), m.group(3)))
+        return render(default_of(m.group(4), m.group(5)))
 
     return PATTERN.sub(one, markdown)
 

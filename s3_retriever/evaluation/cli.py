@@ -106,8 +106,11 @@ def parse_sweep(spec: str) -> tuple[str, list[Any]]:
 
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``eval`` subcommand on ``subparsers`` (from ``add_subparsers``)."""
-    from s3_retriever.models import DEFAULT_MODEL
+    from s3_retriever.config import DEFAULT_MODEL
+    from s3_retriever.evaluation.run import ALL_RETRIEVERS, DATASETS, EvalConfig
+    from s3_retriever.evaluation.splits import SPLITS
 
+    d = EvalConfig()  # every default below is EvalConfig's
     q = subparsers.add_parser(
         "eval", help="quality benchmark: every retriever on HotpotQA / SQuAD / needle haystacks",
         description="Retrieval quality on long haystacks built from ../shared/data: evidence "
@@ -115,41 +118,40 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "answer EM/F1 per retriever and budget. Writes quality.json, "
                     "docs/quality_table.md and docs/img/*.png.")
     g = q.add_argument_group("what to run")
-    g.add_argument("--datasets", nargs="+", default=["hotpotqa", "squad", "needle"],
-                   choices=["hotpotqa", "squad", "needle"])
-    g.add_argument("--contexts", nargs="+", type=int, default=[8000, 32000, 128000],
-                   help="haystack lengths in tokens (default 8000 32000 128000)")
-    g.add_argument("--budgets", nargs="+", type=int, default=[512, 1024, 2048, 4096])
+    g.add_argument("--datasets", nargs="+", default=list(d.datasets), choices=DATASETS)
+    g.add_argument("--contexts", nargs="+", type=int, default=list(d.contexts),
+                   help="haystack lengths in tokens (default %(default)s)")
+    g.add_argument("--budgets", nargs="+", type=int, default=list(d.budgets))
     g.add_argument("--retrievers", nargs="+", default=None,
-                   help="s3 hybrid bm25 dense random oracle (default: all; with --sweep: "
+                   help=f"{' '.join(ALL_RETRIEVERS)} (default: all; with --sweep: "
                         "s3 hybrid bm25); also bm25-sentences (the engine's sentence BM25)")
-    g.add_argument("--split", choices=["reported", "dev", "calibration"], default=None,
-                   help="question split (default: reported; dev with --sweep); see "
+    g.add_argument("--split", choices=list(SPLITS), default=None,
+                   help=f"question split (default: {d.split}; dev with --sweep); see "
                         "s3_retriever/evaluation/splits.py")
-    g.add_argument("--n-questions", type=int, default=100,
-                   help="the first N questions of the split, per dataset (default 100)")
+    g.add_argument("--n-questions", type=int, default=d.n_questions,
+                   help="the first N questions of the split, per dataset (default %(default)s)")
     g.add_argument("--questions", default=None,
                    help="explicit positions instead, e.g. 200-219 (HotpotQA file indices; "
                         "positions of the SQuAD split order; needles take the count)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--data", default=None, help="QA data folder (default ../shared/data)")
-    g.add_argument("--passage-tokens", type=int, default=128,
+    g.add_argument("--passage-tokens", type=int, default=d.passage_tokens,
                    help="passage size of the bm25/dense/random/oracle baselines")
-    g.add_argument("--pool-factor", type=float, default=2.0)
+    g.add_argument("--pool-factor", type=float, default=d.pool_factor)
     g.add_argument("--search-per-budget", action="store_true",
                    help="one engine search per budget (exact per-budget latency; slower)")
 
     g = q.add_argument_group("end-to-end answers")
-    g.add_argument("--generate", type=int, default=3, metavar="N",
+    g.add_argument("--generate", type=int, default=d.generate, metavar="N",
                    help="answer the first N questions of each benchmark by KV-free "
-                        "generation, and from the full haystack where it fits (default 3; "
-                        "0: off; ~1-3 s per answer on CPU)")
+                        "generation, and from the full haystack where it fits (default "
+                        "%(default)s: off; ~1-3 s per answer on CPU)")
     g.add_argument("--generate-budgets", nargs="+", type=int, default=None,
-                   help="budgets to generate at (default: 1024 when it is among the "
-                        "budgets, else every budget)")
+                   help="budgets to generate at (default: the answer budget when it is "
+                        "among the budgets, else every budget)")
     g.add_argument("--generate-retrievers", nargs="+", default=None,
                    help="retrievers to generate for (default: every retriever)")
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
 
     g = q.add_argument_group("the S3 engine")
     g.add_argument("--model", default=DEFAULT_MODEL)
@@ -198,8 +200,7 @@ def _config(a: argparse.Namespace, sweep: bool) -> Any:
         questions=tuple(parse_indices(a.questions)) if a.questions else None,
         seed=a.seed, passage_tokens=a.passage_tokens, pool_factor=a.pool_factor, data=a.data,
         generate=0 if sweep else a.generate,
-        generate_budgets=(tuple(a.generate_budgets) if a.generate_budgets
-                          else (1024,) if 1024 in a.budgets else None),
+        generate_budgets=tuple(a.generate_budgets) if a.generate_budgets else None,
         generate_retrievers=tuple(a.generate_retrievers) if a.generate_retrievers else None,
         max_new_tokens=a.max_new_tokens, search_per_budget=a.search_per_budget,
         show_progress=not a.quiet).validate()
@@ -208,7 +209,7 @@ def _config(a: argparse.Namespace, sweep: bool) -> Any:
 def _index_factory(a: argparse.Namespace, settings: dict[str, Any]) -> Any:
     """``overrides -> empty S3Index``; the model is loaded once and shared."""
     from s3_retriever.engine import S3Index
-    from s3_retriever.models import load_model
+    from s3_retriever.model.loading import load_model
 
     lm = load_model(a.model, a.device, a.dtype)
 

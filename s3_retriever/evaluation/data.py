@@ -1,30 +1,9 @@
 """Benchmark data: long haystacks with exactly located gold evidence.
 
-An evaluation *corpus* is a dict of :class:`Document` (one paragraph each), indexed once.
-Each :class:`Example` names its haystack: the ids of the documents its search is
-restricted to, in haystack order. One scan of the corpus therefore serves every
-question and every haystack length.
-
-Gold evidence (:class:`Evidence`) is a character span inside one document's ``text``:
-``documents[ev.doc_id].text[ev.start_char:ev.end_char]`` is the gold sentence (HotpotQA),
-the answer string (SQuAD) or the needle sentence, with no surrounding whitespace.
-
-Haystack lengths are measured with a ``count_tokens(text) -> int`` passed in (the LM's
-tokenizer in real runs). A haystack's length is the sum of its documents' token counts
-plus ``count_tokens("\\n\\n")`` per separator (documents are joined by a blank line in
-:meth:`Benchmark.haystack_text`); tokens that merge across a separator make the true
-count differ by a token or so per document at most.
-
-**Padding pool (shared, so documents are reused).** Padding is drawn for every question
-from one shared pool: the paragraphs of the source in a permutation seeded by ``seed``,
-cut at the shortest prefix holding ``pool_factor * context_tokens`` tokens. Each
-question walks that pool in its own seeded order and adds paragraphs while they fit.
-The corpus to index therefore holds about ``pool_factor * context_tokens`` tokens of
-padding plus the questions' own paragraphs, whatever the number of questions, while
-haystacks still differ from question to question.
-
-The data are CC BY-SA 4.0 (HotpotQA: Yang et al., EMNLP 2018; SQuAD 2.0: Rajpurkar et
-al., ACL 2018); haystacks built from them carry the same licence.
+The corpus is a dict of :class:`Document` (one paragraph each), scanned once; each
+:class:`Example` names its haystack (document ids) and its gold :class:`Evidence`, a char
+span of one document. Padding comes from one shared, seeded pool of paragraphs
+(``pool_factor`` x the haystack length). Data: CC BY-SA 4.0 (HotpotQA, SQuAD 2.0).
 
 Example:
     >>> doc = Document("d1", "Paris is in France. It is big.", {})

@@ -1,31 +1,9 @@
 """The quality benchmark: every retriever on the same haystacks, questions and budgets.
 
-One run:
-
-1. builds the benchmarks (:mod:`~s3_retriever.evaluation.data`) for each dataset
-   (``hotpotqa``, ``squad``, ``needle``) and haystack length, on one split of the
-   questions (:mod:`~s3_retriever.evaluation.splits`);
-2. indexes the union of their paragraphs **once**, each paragraph its own document (the
-   S3 engine scans it; the passage baselines cut it into ~128-token passages); a
-   question's haystack is just the set of documents its search is filtered to, so one
-   scan serves every question and every length;
-3. ranks each question's haystack once per retriever and packs every token budget from
-   that ranking with the LM's tokenizer: ``s3`` and ``hybrid`` through
-   :meth:`S3Index.search` (``doc_ids=example.doc_ids``), ``bm25`` / ``dense`` /
-   ``random`` / ``oracle`` over passages with :func:`~.baselines.pack_hits` semantics
-   (greedy in rank order, a unit that does not fit is skipped);
-4. scores gold-evidence recall, answer recall, MRR of the first gold hit and latency;
-5. optionally (``generate > 0``) answers the first questions of each benchmark by KV-free
-   generation from each retriever's spans and from the full haystack (where it fits the
-   model's window), scored by EM / F1 with the official normalisation.
-
-With a fixed span size, packing every budget from one ranking gives exactly what
-``search(budget_tokens=B)`` returns (:func:`pack_ranked` follows
-:func:`~s3_retriever.spans.pack_spans`) at a quarter of the cost; a row's latency is the
-ranking's time plus that budget's packing. ``search_per_budget=True``, or the default
-``span_tokens="auto"`` (span size follows the budget), calls the engine once per budget.
-
-Everything is seeded: the same config and seed give the same numbers (latencies aside).
+One scan of the union of every benchmark's paragraphs serves every question and length
+(a haystack is the documents a search is filtered to); each retriever ranks each haystack
+once and every budget is packed from that ranking (``greedy_fill``), then evidence recall,
+answer recall, MRR, latency and (``generate > 0``) KV-free answers are scored. Seeded.
 
 Example:
     >>> cfg = EvalConfig(datasets=("hotpotqa",), contexts=(8000,), n_questions=5)
@@ -56,7 +34,8 @@ from tqdm.auto import tqdm
 
 from s3_retriever import corpus as _corpus
 from s3_retriever import storage
-from s3_retriever.engine import S3Index, S3Settings
+from s3_retriever.config import ANSWER_BUDGET_TOKENS, MAX_NEW_TOKENS, S3Settings
+from s3_retriever.engine import S3Index
 from s3_retriever.evaluation import splits as _splits
 from s3_retriever.evaluation.baselines import (
     BM25Retriever,
@@ -84,8 +63,9 @@ from s3_retriever.evaluation.metrics import (
     mrr,
 )
 from s3_retriever.generate import answer_from_spans
-from s3_retriever.models import LoadedModel
-from s3_retriever.spans import Span
+from s3_retriever.model.loading import LoadedModel
+from s3_retriever.retrieval.packing import greedy_fill
+from s3_retriever.retrieval.spans import Span
 
 __all__ = [
     "ALL_RETRIEVERS",
@@ -101,7 +81,6 @@ __all__ = [
     "build_benchmarks",
     "corpus_documents",
     "index_corpus",
-    "pack_ranked",
     "run_eval",
     "run_sweep",
     "summarize_records",
@@ -142,7 +121,8 @@ class EvalConfig:
         pool_factor: see :mod:`~s3_retriever.evaluation.data`.
         data: the data folder (default: ``../shared/data``).
         generate: answer the first this many questions of every benchmark (0: none).
-        generate_budgets: budgets to generate at (None: every budget).
+        generate_budgets: budgets to generate at (None: the answer budget,
+            ``ANSWER_BUDGET_TOKENS``, when it is among ``budgets``, else every budget).
         generate_retrievers: retrievers to generate for (None: every retriever).
         max_new_tokens: answer length limit.
         search_per_budget: call the engine once per budget (exact per-budget latency).
@@ -163,7 +143,7 @@ class EvalConfig:
     generate: int = 0
     generate_budgets: tuple[int, ...] | None = None
     generate_retrievers: tuple[str, ...] | None = None
-    max_new_tokens: int = 32
+    max_new_tokens: int = MAX_NEW_TOKENS
     search_per_budget: bool = False
     show_progress: bool = True
 
@@ -379,27 +359,6 @@ def index_corpus(index: S3Index, documents: Mapping[str, Document], *,
 # --------------------------------------------------------------------------- retrieval
 
 
-def pack_ranked(items: Sequence[Any], lengths: Sequence[int], budget: int) -> list[Any]:
-    """The ranked items that fit ``budget`` tokens, in rank order.
-
-    Greedy: an item that does not fit is skipped and the walk goes on; it stops once the
-    budget is spent exactly -- the rule of both :func:`~s3_retriever.spans.pack_spans`
-    and :func:`~.baselines.pack_hits`.
-
-    Example:
-        >>> pack_ranked(["a", "b", "c", "d"], [60, 50, 30, 10], 100)
-        ['a', 'c', 'd']
-    """
-    out, left = [], int(budget)
-    for item, n in zip(items, lengths):
-        if n <= left:
-            out.append(item)
-            left -= int(n)
-            if left == 0:
-                break
-    return out
-
-
 @dataclass
 class _Ranking:
     items: list[Any]
@@ -494,7 +453,8 @@ def _retrieve_benchmark(dataset: str, ctx: int, bench: Benchmark, retrievers: Se
                     lengths = [int(s.n_tokens) for s in spans]
                 else:
                     t = time.perf_counter()
-                    packed = pack_ranked(list(zip(r.items, r.lengths)), r.lengths, int(b))
+                    packed = [(r.items[i], r.lengths[i])
+                              for i in greedy_fill(r.lengths, int(b))]
                     ms = r.ms + (time.perf_counter() - t) * 1000
                     spans, lengths = [s for s, _ in packed], [n for _, n in packed]
                 rec = {"dataset": dataset, "context_tokens": ctx, "qid": ex.qid,
@@ -517,7 +477,9 @@ def _generate(lm: LoadedModel, bench: Benchmark, dataset: str, ctx: int,
               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """EM/F1 of KV-free answers from each retriever's spans, and from the full haystack."""
     examples = bench.examples[:cfg.generate]
-    budgets = [int(b) for b in (cfg.generate_budgets or cfg.budgets)]
+    default = ((ANSWER_BUDGET_TOKENS,) if ANSWER_BUDGET_TOKENS in cfg.budgets
+               else cfg.budgets)
+    budgets = [int(b) for b in (cfg.generate_budgets or default)]
     names = list(cfg.generate_retrievers or cfg.retrievers)
     answers: list[dict[str, Any]] = []
     full: list[dict[str, Any]] = []

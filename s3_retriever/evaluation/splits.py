@@ -1,21 +1,9 @@
 """Question splits of the evaluation data, in one place.
 
-HotpotQA questions are split by their index in file order (0-based):
-
-* ``CALIBRATION`` (0-99): choosing the retrieval heads (``s3-retriever calibrate``);
-* ``DEV`` (100-199): sweeps that choose defaults (``s3-retriever eval --sweep``);
-* ``REPORTED`` (200 up to the SAE reserve): every reported number;
-* ``s3_retriever.corpus.RESERVED_SAE_QUESTIONS`` (5000-5404): SAE training text, never
-  evaluated (their paragraphs are kept out of every haystack by
-  :mod:`~s3_retriever.evaluation.data`).
-
-SQuAD questions have no natural order worth keeping (file order is article by article),
-so the same positions index a fixed seeded permutation of the answerable questions
-(``SQUAD_SPLIT_SEED``, independent of the run's ``--seed``): positions 0-99 are its
-calibration split, 100-199 its dev split, 200+ the reported split.
-
-Needles are synthetic: each split draws its own needles from the run's seed plus
-``NEEDLE_SEED_OFFSETS[split]``, so dev needles are never the reported ones.
+HotpotQA by file index: ``CALIBRATION`` 0-99 (heads), ``DEV`` 100-199 (choosing
+defaults), ``REPORTED`` 200+ (every reported number); ``RESERVED_SAE_QUESTIONS`` are SAE
+training text, never evaluated. SQuAD uses the same positions in a fixed seeded
+permutation; needles are drawn per split from separate seeds.
 
 Example:
     >>> split_positions("reported", 3)

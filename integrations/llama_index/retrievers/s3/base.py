@@ -50,8 +50,16 @@ from llama_index.core.vector_stores.types import (
     MetadataFilters,
 )
 
-from s3_retriever import IndexNotFoundError, LoadedModel, OutputExistsError, S3Index, Span
-from s3_retriever.engine import MODES
+from s3_retriever import (
+    DEFAULT_K,
+    DEFAULT_MODEL,
+    MODES,
+    IndexNotFoundError,
+    LoadedModel,
+    OutputExistsError,
+    S3Index,
+    Span,
+)
 from s3_retriever.storage import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -236,7 +244,7 @@ class S3Retriever(BaseRetriever):
     def __init__(
         self,
         index: S3Index,
-        similarity_top_k: int | None = 4,
+        similarity_top_k: int | None = DEFAULT_K,
         budget_tokens: int | None = None,
         mode: str | None = None,
         filters: FiltersLike | None = None,
@@ -249,7 +257,7 @@ class S3Retriever(BaseRetriever):
             raise TypeError(f"index must be an S3Index, got {type(index).__name__}")
         self._index = index
         self._budget_tokens: int | None = None
-        self._top_k: int | None = 4
+        self._top_k: int | None = DEFAULT_K
         self.budget_tokens = budget_tokens
         self.similarity_top_k = similarity_top_k
         self.mode = mode
@@ -310,12 +318,12 @@ class S3Retriever(BaseRetriever):
     @classmethod
     def from_model(
         cls,
-        model: str | LoadedModel = "smollm2-135m",
+        model: str | LoadedModel = DEFAULT_MODEL,
         *,
         saes: Any = None,
         device: str | None = None,
         dtype: str | None = None,
-        similarity_top_k: int | None = 4,
+        similarity_top_k: int | None = DEFAULT_K,
         budget_tokens: int | None = None,
         mode: str | None = None,
         filters: FiltersLike | None = None,
@@ -347,12 +355,12 @@ class S3Retriever(BaseRetriever):
         nodes: Sequence[BaseNode] | None = None,
         documents: Sequence[BaseNode] | None = None,
         index: Any = None,
-        model: str | LoadedModel = "smollm2-135m",
+        model: str | LoadedModel = DEFAULT_MODEL,
         *,
         saes: Any = None,
         device: str | None = None,
         dtype: str | None = None,
-        similarity_top_k: int | None = 4,
+        similarity_top_k: int | None = DEFAULT_K,
         budget_tokens: int | None = None,
         mode: str | None = None,
         filters: FiltersLike | None = None,

@@ -1,7 +1,7 @@
 """``S3LocalLLM``: the local causal LM of an S3 index as a LlamaIndex LLM (offline).
 
 Generation is greedy and goes through the model's chat template
-(:func:`s3_retriever.generate.generate`), holding the model's lock so it never overlaps a
+(:func:`s3_retriever.generate_text`), holding the model's lock so it never overlaps a
 scan or a search on the same model.
 
 Example:
@@ -33,8 +33,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 
-from s3_retriever import LoadedModel, load_model
-from s3_retriever.generate import generate
+from s3_retriever import DEFAULT_MODEL, MAX_NEW_TOKENS, LoadedModel, generate_text, load_model
 
 # Roles the chat template knows; the rest are mapped onto them.
 _ROLE_MAP = {
@@ -88,13 +87,15 @@ class S3LocalLLM(CustomLLM):
         'The secret code word is Zanzibar.'
     """
 
-    model_name: str = Field(default="smollm2-135m", description="The model's id.")
-    max_new_tokens: int = Field(default=64, gt=0, description="Tokens generated at most.")
+    model_name: str = Field(default=DEFAULT_MODEL, description="The model's id.")
+    max_new_tokens: int = Field(default=MAX_NEW_TOKENS, gt=0,
+                                description="Tokens generated at most.")
     context_window: int = Field(default=8192, gt=0, description="The model's context length.")
 
     _lm: LoadedModel = PrivateAttr()
 
-    def __init__(self, model: LoadedModel | str = "smollm2-135m", *, max_new_tokens: int = 64,
+    def __init__(self, model: LoadedModel | str = DEFAULT_MODEL, *,
+                 max_new_tokens: int = MAX_NEW_TOKENS,
                  device: str | None = None, dtype: str | None = None, **kwargs: Any) -> None:
         lm = model if isinstance(model, LoadedModel) else load_model(model, device, dtype)
         super().__init__(model_name=lm.model_id, max_new_tokens=max_new_tokens,
@@ -118,7 +119,7 @@ class S3LocalLLM(CustomLLM):
     # ----------------------------------------------------------------- generation
     def _generate(self, messages: list[dict[str, str]], **kwargs: Any) -> str:
         max_new = int(kwargs.get("max_new_tokens", self.max_new_tokens))
-        text, _ = generate(self._lm, messages, max_new_tokens=max_new)
+        text, _ = generate_text(self._lm, messages, max_new_tokens=max_new)
         return text
 
     def _prompt_messages(self, prompt: str, formatted: bool) -> list[dict[str, str]]:

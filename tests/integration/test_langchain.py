@@ -1,0 +1,354 @@
+"""The LangChain integration (``langchain_s3``) end to end on the real embedded model."""
+
+# The LangChain integration (``langchain_s3``) on the real embedded model: the standard
+# retriever suite, the Document contract, per-call options (sync and async), filters,
+# persistence, errors, the chat model in an LCEL RAG chain, and the quickstart example.
+
+from __future__ import annotations
+
+import asyncio
+import runpy
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from langchain_core.documents import Document
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableParallel, RunnablePassthrough
+from langchain_s3 import ChatS3, S3Retriever, format_documents
+from langchain_tests.integration_tests import RetrieversIntegrationTests
+
+import s3_retriever.engine as engine
+from s3_retriever import EmptyIndexError, OutputExistsError, S3Index
+from s3_retriever.generate import SYSTEM_PROMPT
+from s3_retriever.sae.io import save_saes
+from tests.helpers import TEXTS, assert_grounded
+
+pytestmark = pytest.mark.model
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "langchain_quickstart.py"
+SECRET = "The secret code word is Zanzibar. It opens the old library door. Nobody else knows it."
+CORPUS = {
+    "curie": (TEXTS[0], {"topic": "science", "year": 1867}),
+    "amazon": (TEXTS[1], {"topic": "nature"}),
+    "bach": (TEXTS[2], {"topic": "music"}),
+    "secret": (SECRET, {"topic": "secret", "source": "note"}),
+}
+QUESTION = "Where was Marie Curie born?"
+
+
+@pytest.fixture(scope="session")
+def make_index(lm, saes):
+    """Build an empty index on the session's model (cheap: no model load)."""
+    def make(**settings) -> S3Index:
+        return S3Index.from_model(lm, saes=saes, **settings)
+    return make
+
+
+@pytest.fixture(scope="session")
+def corpus_index(make_index):
+    """The shared, read-only index of ``CORPUS`` (tests that modify an index build their own)."""
+    index = make_index()
+    index.add_texts([t for t, _ in CORPUS.values()], [m for _, m in CORPUS.values()],
+                    list(CORPUS), show_progress=False)
+    return index
+
+
+@pytest.fixture()
+def retriever(corpus_index):
+    return S3Retriever.from_index(corpus_index, k=3)
+
+
+def _key(docs):
+    return [(d.id, round(d.metadata["score"], 9)) for d in docs]
+
+
+# ---------------------------------------------------------------- the standard suite
+class TestS3RetrieverStandard(RetrieversIntegrationTests):
+    """langchain-tests' retriever suite, on the real model."""
+
+    # pytest-asyncio runs in strict mode here: mark the suite's async test, and silence the
+    # notice that the same class-wide mark is a no-op on its sync tests.
+    pytestmark = [pytest.mark.asyncio,
+                  pytest.mark.filterwarnings("ignore:The test <Function test_.*is marked with "
+                                             "'@pytest.mark.asyncio':pytest.PytestWarning")]
+    _index: S3Index | None = None
+
+    @pytest.fixture(autouse=True)
+    def _shared_index(self, corpus_index):
+        type(self)._index = corpus_index
+
+    @property
+    def retriever_constructor(self) -> type[S3Retriever]:
+        return S3Retriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"index": self._index}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return QUESTION
+
+
+# ---------------------------------------------------------------- the Document contract
+@pytest.mark.parametrize("mode", ["hybrid", "s3", "bm25"])
+def test_documents_are_exact_spans_with_metadata_and_ordered_scores(retriever, corpus_index,
+                                                                    mode):
+    docs = retriever.invoke(QUESTION, mode=mode)
+    assert 1 <= len(docs) <= 3
+    for d in docs:
+        m = d.metadata
+        source_text, source_meta = CORPUS[m["doc_id"]]
+        assert d.page_content == source_text[m["start_index"]:m["end_index"]]
+        assert d.id == f"{m['doc_id']}:{m['start_index']}-{m['end_index']}"
+        assert {k: m[k] for k in source_meta} == source_meta
+        assert isinstance(m["score"], float)
+        assert (m["s3_score"] is None) == (mode == "bm25")
+        assert (m["bm25_score"] is None) == (mode == "s3")
+    scores = [d.metadata["score"] for d in docs]
+    assert scores == sorted(scores, reverse=True)
+    spans = corpus_index.search(QUESTION, k=3, mode=mode)
+    assert [d.id for d in docs] == [s.id for s in spans]
+
+
+def test_lexical_question_finds_its_document(retriever):
+    top = retriever.invoke("Who composed the Brandenburg Concertos?", k=1, mode="bm25")[0]
+    assert top.metadata["doc_id"] == "bach" and "Brandenburg" in top.page_content
+    assert top.metadata["topic"] == "music"
+
+
+def test_format_documents():
+    docs = [Document("Paris  is\nbig."), Document("Rome too.")]
+    assert format_documents(docs) == "[1] Paris is big.\n[2] Rome too."
+
+
+# ---------------------------------------------------------------- per-call options, async
+def test_k_and_budget_per_call(retriever):
+    assert len(retriever.invoke(QUESTION)) == 3
+    assert len(retriever.invoke(QUESTION, k=1)) == 1
+    available = len(retriever.index.search(QUESTION, k=100))
+    assert available > 3
+    assert len(retriever.invoke(QUESTION, k=available)) == available
+    small = retriever.invoke(QUESTION, k=None, budget_tokens=60)
+    big = retriever.invoke(QUESTION, k=None, budget_tokens=400)
+    assert 1 <= len(small) < len(big)
+    assert [d.id for d in small] == [s.id for s in retriever.index.search(
+        QUESTION, k=None, budget_tokens=60)]
+    assert len(retriever.invoke(QUESTION)) == 3  # per-call values do not stick
+
+
+@pytest.mark.asyncio
+async def test_async_matches_sync(retriever):
+    for kwargs in ({}, {"k": 1}, {"k": 2, "mode": "bm25"}, {"filter": {"topic": "music"}}):
+        assert _key(await retriever.ainvoke(QUESTION, **kwargs)) == \
+            _key(retriever.invoke(QUESTION, **kwargs))
+    results = await asyncio.gather(*(retriever.ainvoke(QUESTION, k=k) for k in (1, 2, 3)))
+    assert [len(r) for r in results] == [1, 2, 3]
+    assert len(await retriever.abatch([QUESTION, "Amazon river"], k=1)) == 2
+
+
+@pytest.mark.asyncio
+async def test_async_search_runs_off_the_event_loop(retriever, monkeypatch):
+    """The search waits for an event that only the event loop can set: it must not block."""
+    started, release = threading.Event(), threading.Event()
+    search = retriever.index.search
+
+    def gated_search(*args, **kwargs):
+        started.set()
+        assert release.wait(10), "the event loop was blocked during the search"
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(retriever.index, "search", gated_search)
+
+    async def releaser():
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        release.set()
+
+    docs, _ = await asyncio.gather(retriever.ainvoke(QUESTION, k=2), releaser())
+    assert len(docs) == 2
+
+
+# ---------------------------------------------------------------- filters
+@pytest.mark.parametrize("flt, allowed", [
+    ({"topic": "music"}, {"bach"}),
+    ({"topic": ["music", "nature"]}, {"bach", "amazon"}),
+    ({"topic": {"$in": ["secret"]}}, {"secret"}),
+    ({"topic": {"$nin": ["science"]}}, {"bach", "amazon", "secret"}),
+    ({"topic": {"$ne": "science"}, "source": "note"}, {"secret"}),
+])
+def test_filters_never_leak(corpus_index, flt, allowed):
+    per_call = S3Retriever.from_index(corpus_index, k=10).invoke(QUESTION, filter=flt)
+    fixed = S3Retriever.from_index(corpus_index, k=10, filter=flt).invoke(QUESTION)
+    assert _key(per_call) == _key(fixed)
+    assert per_call and {d.metadata["doc_id"] for d in per_call} <= allowed
+    for d in per_call:
+        assert d.metadata["topic"] == CORPUS[d.metadata["doc_id"]][1]["topic"]
+
+
+def test_filter_without_match_and_per_call_override(corpus_index):
+    r = S3Retriever.from_index(corpus_index, k=10, filter={"topic": "music"})
+    assert r.invoke(QUESTION, filter={"topic": "nothing"}) == []
+    assert {d.metadata["doc_id"] for d in r.invoke(QUESTION, filter=None)} > {"bach"}
+    docs = r.invoke(QUESTION, doc_ids=["curie", "amazon"], filter=None)
+    assert docs and {d.metadata["doc_id"] for d in docs} <= {"curie", "amazon"}
+
+
+def test_fusion_fields_override_the_index_settings(corpus_index):
+    q = "Nobel Prize physics in Paris"
+    before = corpus_index.settings.to_dict()
+    only_s3 = S3Retriever.from_index(corpus_index, k=4, mode="s3").invoke(q)
+    only_bm = S3Retriever.from_index(corpus_index, k=4, mode="bm25").invoke(q)
+    s3_side = S3Retriever.from_index(corpus_index, k=4, fusion_weight=1.0).invoke(q)
+    bm_side = S3Retriever.from_index(corpus_index, k=4, fusion_weight=0.0).invoke(q)
+    assert [d.id for d in s3_side] == [d.id for d in only_s3]
+    assert bm_side[0].id == only_bm[0].id
+    rrf = S3Retriever.from_index(corpus_index, k=4, fusion="rrf", rrf_k=10).invoke(q)
+    assert len(rrf) == 4
+    # concurrent searches with different overrides on one index never see each other's
+    pair = (S3Retriever.from_index(corpus_index, k=4),
+            S3Retriever.from_index(corpus_index, k=4, fusion_weight=1.0))
+    expected = {id(r): _key(r.invoke(q)) for r in pair}
+    with ThreadPoolExecutor(4) as pool:
+        futures = [(r, pool.submit(r.invoke, q)) for r in pair * 3]
+        assert all(_key(f.result()) == expected[id(r)] for r, f in futures)
+    assert corpus_index.settings.to_dict() == before  # the shared index is left as it was
+
+
+# ---------------------------------------------------------------- building and upkeep
+def test_constructors_add_and_delete(lm, saes):
+    docs = [Document("The lighthouse keeper's cat is called Biscuit.", id="cat",
+                     metadata={"kind": "pet"}),
+            Document("The harbour was rebuilt in 1902 after the great storm.",
+                     metadata={"kind": "history"})]
+    r = S3Retriever.from_documents(docs, model=lm, saes=saes, k=2, span_tokens=32,
+                                   fusion="rrf", show_progress=False)
+    assert r.k == 2 and r.index.settings.span_tokens == 32 and r.index.settings.fusion == "rrf"
+    assert r.index.lm is lm and len(r.index) == 2
+    top = r.invoke("What is the cat called?", k=1, mode="bm25")[0]
+    assert top.metadata == {**top.metadata, "doc_id": "cat", "kind": "pet"}
+
+    assert r.add_documents([Document("Zebras have black and white stripes.")], ids=["zebra"],
+                           show_progress=False) == ["zebra"]
+    assert r.add_texts(["Owls hunt at night."], [{"kind": "bird"}], ["owl"],
+                       show_progress=False) == ["owl"]
+    assert r.invoke("stripes", k=1, mode="bm25")[0].metadata["doc_id"] == "zebra"
+    r.delete(["zebra"])
+    assert all(d.metadata["doc_id"] != "zebra" for d in r.invoke("stripes", k=10))
+    with pytest.raises(KeyError):
+        r.delete(["no-such-doc"])
+
+    t = S3Retriever.from_texts(["Owls hunt at night."], [{"kind": "bird"}], ["owl"], model=lm,
+                               saes=saes, budget_tokens=64, k=None, show_progress=False)
+    assert t.invoke("When do owls hunt?")[0].metadata["kind"] == "bird"
+    with pytest.raises(TypeError, match="unknown arguments"):
+        S3Retriever.from_model(lm, saes=saes, top_k=3)
+
+
+def test_persistence_round_trip(lm, corpus_index, tmp_path):
+    r = S3Retriever.from_index(corpus_index, k=4)
+    path = r.save(tmp_path / "corpus.s3")
+    with pytest.raises(OutputExistsError, match="pass overwrite=True"):
+        r.save(path)
+    assert r.save(path, overwrite=True) == path
+    loaded = S3Retriever.load(path, model=lm, k=4)
+    for kwargs in ({}, {"mode": "s3"}, {"mode": "bm25"}, {"filter": {"topic": "music"}}):
+        a, b = r.invoke(QUESTION, **kwargs), loaded.invoke(QUESTION, **kwargs)
+        assert _key(a) == _key(b)
+        assert [d.metadata for d in a] == [d.metadata for d in b]
+        assert [d.page_content for d in a] == [d.page_content for d in b]
+
+
+# ---------------------------------------------------------------- errors
+def test_clear_errors(retriever, make_index, tmp_path, lm):
+    with pytest.raises(ValueError, match="empty"):
+        retriever.invoke("   ")
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        retriever.invoke(QUESTION, k=0)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        asyncio.run(retriever.ainvoke(QUESTION, k=-1))
+    with pytest.raises(ValueError, match="mode"):
+        retriever.invoke(QUESTION, mode="dense")
+    with pytest.raises(ValueError, match="budget"):
+        retriever.invoke(QUESTION, budget_tokens=1)
+    with pytest.raises(TypeError, match="unknown search arguments"):
+        retriever.invoke(QUESTION, top_k=2)
+    with pytest.raises(ValueError):
+        S3Retriever(index=retriever.index, k=0)
+    with pytest.raises(ValueError):
+        S3Retriever(index=retriever.index, mode="dense")
+    with pytest.raises(ValueError, match="k, budget_tokens"):
+        S3Retriever(index=retriever.index, k=None)
+    with pytest.raises(ValueError):
+        S3Retriever(index=retriever.index, fusion_weight=2.0)
+    with pytest.raises(ValueError):
+        S3Retriever(index=retriever.index, unknown_field=1)
+    with pytest.raises(FileNotFoundError):
+        S3Retriever.load(tmp_path / "missing.s3", model=lm)
+    with pytest.raises(EmptyIndexError):
+        S3Retriever.from_index(make_index()).invoke(QUESTION)
+
+
+# ---------------------------------------------------------------- the chat model, RAG chain
+def test_chat_model_basics(corpus_index, retriever):
+    llm = ChatS3.from_index(retriever, max_new_tokens=8)
+    assert llm.lm is corpus_index.lm and llm.model == "smollm2-135m"
+    assert ChatS3.from_index(corpus_index).lm is corpus_index.lm
+    assert llm._llm_type == "s3-retriever-chat"
+    with pytest.raises(ValueError):
+        ChatS3(model=corpus_index.lm, max_new_tokens=0)
+    with pytest.raises(TypeError):
+        ChatS3.from_index(object())
+    with pytest.raises(ValueError, match="ToolMessage"):
+        from langchain_core.messages import ToolMessage
+        llm.invoke([ToolMessage("x", tool_call_id="1")])
+
+
+def test_chat_model_generation_options(corpus_index):
+    llm = ChatS3.from_index(corpus_index, max_new_tokens=3)
+    msgs = [("system", "Reply in French."), ("human", "Say hello to my friend Paul.")]
+    msg = llm.invoke(msgs)
+    assert msg.content and msg.usage_metadata["output_tokens"] == 3
+    assert msg.usage_metadata["input_tokens"] > 5
+    assert msg.response_metadata["finish_reason"] == "length"
+    again = asyncio.run(llm.ainvoke(msgs))
+    assert again.content == msg.content  # greedy: async gives the same reply
+    shorter = llm.invoke(msgs, max_new_tokens=1)
+    assert shorter.usage_metadata["output_tokens"] == 1
+    cut = llm.invoke(msgs, stop=[msg.content[1:]])
+    assert cut.content == msg.content[:1] and cut.response_metadata["finish_reason"] == "stop"
+    with pytest.raises(TypeError, match="unknown generation arguments"):
+        llm.invoke(msgs, temperature=0.5)
+
+
+def test_lcel_rag_chain_answers_from_retrieved_text(retriever):
+    """retriever | format | prompt | llm, offline end to end; the answer cites the context."""
+    llm = ChatS3.from_index(retriever, max_new_tokens=16)
+    prompt = ChatPromptTemplate.from_messages([
+        ("system", SYSTEM_PROMPT),
+        ("human", "Context:\n{context}\n\nQuestion: {question}"),
+    ])
+    answer = ({"context": lambda x: format_documents(x["docs"]),
+               "question": lambda x: x["question"]} | prompt | llm | StrOutputParser())
+    chain = RunnableParallel(docs=retriever, question=RunnablePassthrough()).assign(
+        answer=answer)
+    out = chain.invoke("What is the secret code word?")
+    assert any("Zanzibar" in d.page_content for d in out["docs"])
+    assert_grounded(out["answer"], [d.page_content for d in out["docs"]])
+    assert out["docs"][0].metadata["doc_id"] == "secret"
+
+
+# ---------------------------------------------------------------- the quickstart example
+def test_quickstart_example_runs(lm, saes, monkeypatch, tmp_path, capsys):
+    """Run docs/examples/langchain_quickstart.py as a script, on the session's model (and
+    the test SAEs when none are shipped yet)."""
+    monkeypatch.setattr(engine, "load_model", lambda *a, **kw: lm)
+    if saes is not None:
+        folder = save_saes(saes, tmp_path / "saes")
+        monkeypatch.setattr(engine, "shipped_sae_dir", lambda model_id: folder)
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "Warsaw" in out and "Zanzibar" in out
