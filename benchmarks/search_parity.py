@@ -7,7 +7,7 @@ Each tree runs in its own process on the same data: the union of the questions' 
 8k haystacks (dev split by default) is indexed, and every question is searched in the
 ``s3``, ``hybrid`` and ``bm25`` modes at 512 and 1,024 tokens, restricted to its haystack.
 Prints how many of those searches return identical spans (ids, offsets, scores rounded to
-5 decimals) and the first difference.
+5 decimals), how many return the same spans in the same order, and the first difference.
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ def main() -> int:
         after = dump(a.after, questions, Path(tmp) / "after.json")
     pairs = list(zip(before["searches"], after["searches"], strict=True))
     same = sum(x == y for x, y in pairs)
+    spans = sum([s[:3] for s in x[3]] == [s[:3] for s in y[3]] for x, y in pairs)
     print(f"{len(questions)} questions, {before['tokens']:,} tokens indexed: {same} of "
-          f"{len(pairs)} searches identical")
+          f"{len(pairs)} searches identical, scores to 5 decimals included; {spans} of "
+          f"{len(pairs)} return the same spans in the same order")
     for x, y in pairs:
         if x != y:
             print(f"first difference: {x[:3]}\n  before {x[3][:3]}\n  after  {y[3][:3]}")

@@ -33,6 +33,9 @@ MODES = ("hybrid", "s3", "bm25")
 FUSIONS = ("linear", "rrf")
 SCORERS = ("attention", "coactivation")
 
+SCORE_BLOCK_TOKENS = 16384
+"""Positions the attention scorer holds logits for at once (its memory bound per query)."""
+
 CPU_CHUNK_TOKENS = 512
 GPU_CHUNK_TOKENS = 2048
 SPAN_TOKENS_MIN, SPAN_TOKENS_MAX = 48, 192

@@ -257,10 +257,8 @@ class S3Index:
         if not per_head:
             return None, self.units.s3_scores(rows, scores, window)
         w = np.asarray([h.weight for h in self.heads])
-        head = np.stack([self.units.s3_scores(rows, [ts[i] for ts in scores], window)
-                         for i in range(len(self.heads))])
-        return head, self.units.s3_scores(rows, [np.tensordot(w, ts, axes=1) for ts in scores],
-                                          window)
+        head = np.stack([self.units.s3_scores(rows, row, window) for row in scores])
+        return head, self.units.s3_scores(rows, w @ scores, window)
 
     def search(self, query: str, k: int | None = DEFAULT_K, budget_tokens: int | None = None,
                mode: str | None = None, filters: Mapping[str, Any] | None = None,

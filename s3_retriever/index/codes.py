@@ -61,7 +61,7 @@ class Codes:
         num_latents: the SAE's dictionary size.
     """
 
-    __slots__ = ("ids", "acts", "num_latents", "_postings")
+    __slots__ = ("ids", "acts", "num_latents", "_postings", "__weakref__")
 
     def __init__(self, ids: np.ndarray, acts: np.ndarray, num_latents: int, *,
                  check: bool = True) -> None:

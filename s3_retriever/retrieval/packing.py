@@ -148,48 +148,116 @@ def select_for_packing(
 def best_spans(docs: Sequence[Any], units: Any, rows: Sequence[int], ranked: np.ndarray, *,
                s3_scores: np.ndarray | None, bm25_scores: np.ndarray | None, span_tokens: int,
                k: int | None = None, budget_tokens: int | None = None) -> list[Span]:
-    """The spans a search returns: grown around the best units of every candidate document
+    """The spans a search returns: grown around the best units of the candidate documents
     (``ranked``: one score per unit of ``rows``, in order), packed into ``k`` / the budget.
-    Only the spans the packing keeps are built as :class:`Span` objects.
+
+    A span scores its seed unit, so no span of a document beats the document's best unit:
+    documents are grown best first, and growth stops as soon as no document left can
+    change the packing (``k`` reached, the budget spent, or what is left smaller than any
+    span still possible). The result is exactly what growing every document would give;
+    the cost follows the documents that can place a span, not the number of candidates.
 
     ``docs`` is the document table and ``units`` its
     :class:`~s3_retriever.retrieval.units.SentenceUnits`; ``s3_scores`` / ``bm25_scores``
     (aligned with ``ranked``) are reported on the spans when given.
     """
-    grown_all, pos = [], 0
-    for r in rows:
-        a, b = units.doc_range(r)
-        grown = grow_spans(ranked[pos:pos + b - a], docs[r].sentences, units.tokens[a:b],
+    ranges = [units.doc_range(r) for r in rows]
+    n_units = np.fromiter((b - a for a, b in ranges), np.int64, len(rows))
+    offsets = np.cumsum(n_units) - n_units
+    score = np.where(np.isnan(ranked), -np.inf, np.asarray(ranked, np.float64))
+    doc_max = np.full(len(rows), -np.inf)
+    doc_min_tokens = np.zeros(len(rows), np.int64)
+    has = np.flatnonzero(n_units > 0)
+    if has.size:
+        doc_max[has] = np.maximum.reduceat(score, offsets[has])
+        tokens = np.concatenate([units.tokens[a:b] for a, b in ranges])
+        doc_min_tokens[has] = np.minimum.reduceat(tokens, offsets[has])
+    order = np.argsort(-doc_max, kind="stable")
+    order = order[doc_max[order] > -np.inf]
+    # the smallest unit of any document from position i of ``order`` on: a lower bound
+    # on the tokens of every span those documents can still grow
+    suffix_min = np.minimum.accumulate(doc_min_tokens[order][::-1])[::-1] if order.size \
+        else np.zeros(0, np.int64)
+
+    grown: dict[int, list[tuple[int, int, float]]] = {}
+    keys: list[tuple[float, int, int, int, int, int]] = []  # score, row pos, start, n, j, g
+    done, batch = 0, 8
+    while True:
+        for j in order[done:done + batch].tolist():
+            r = rows[j]
+            sl = slice(offsets[j], offsets[j] + n_units[j])
+            g = grow_spans(ranked[sl], docs[r].sentences, units.tokens[ranges[j][0]:ranges[j][1]],
                            span_tokens=span_tokens)
-        grown_all.append((r, slice(pos, pos + b - a), grown))
-        pos += b - a
-    chosen = None
-    if k is not None or budget_tokens is not None:
-        keys = [grown_span_keys(docs[r].sentences, units.token_unit(r), grown)
-                for r, _, grown in grown_all]
-        owners = [j for j, (_, _, grown) in enumerate(grown_all) for _ in grown]
-        has = [j for j, (_, _, grown) in enumerate(grown_all) if grown]
-        rank = np.zeros(len(grown_all), np.int64)
-        rank[has] = np.arange(len(has))
-        picked = select_for_packing(
-            np.asarray([g[2] for _, _, grown in grown_all for g in grown], np.float64),
-            rank[np.asarray(owners, np.int64)],
-            np.concatenate([st for st, _ in keys]) if keys else np.zeros(0, np.int64),
-            np.concatenate([nt for _, nt in keys]) if keys else np.zeros(0, np.int64),
-            k=k, budget_tokens=budget_tokens)
-        if picked is not None:
-            chosen = [[] for _ in grown_all]
-            flat = [(j, g) for j, (_, _, grown) in enumerate(grown_all) for g in grown]
-            for i in picked.tolist():
-                chosen[flat[i][0]].append(flat[i][1])
+            grown[j] = g
+            st, nt = grown_span_keys(docs[r].sentences, units.token_unit(r), g)
+            keys += [(sc, j, int(a), int(n), j, i)
+                     for i, ((_, _, sc), a, n) in enumerate(zip(g, st, nt))]
+        done = min(done + batch, len(order))
+        batch *= 2
+        if done == len(order) or _settled(keys, doc_max[order[done]], suffix_min[done], k,
+                                          budget_tokens):
+            break
     spans: list[Span] = []
-    for j, (r, sl, grown) in enumerate(grown_all):
-        rec = docs[r]
-        grown = grown if chosen is None else chosen[j]
-        if grown:
+    picked = _pick(keys, k, budget_tokens)
+    if picked is None or (not picked and keys):
+        # budget smaller than every span, or missing token bounds: build everything and
+        # let pack_spans report (or pack) exactly as it always has
+        for j in order[done:].tolist():
+            r = rows[j]
+            sl = slice(offsets[j], offsets[j] + n_units[j])
+            grown[j] = grow_spans(ranked[sl], docs[r].sentences,
+                                  units.tokens[ranges[j][0]:ranges[j][1]],
+                                  span_tokens=span_tokens)
+        chosen_ids = {(j, i) for j, g in grown.items() for i in range(len(g))}
+    else:
+        chosen_ids = {(key[4], key[5]) for key in picked}
+    for j in sorted(grown):
+        r, rec = rows[j], docs[rows[j]]
+        mine = [g for i, g in enumerate(grown[j]) if (j, i) in chosen_ids]
+        if mine:
+            sl = slice(offsets[j], offsets[j] + n_units[j])
             spans += spans_for_document(
-                rec.doc_id, rec.text, rec.sentences, units.token_unit(r), grown,
+                rec.doc_id, rec.text, rec.sentences, units.token_unit(r), mine,
                 s3_scores=None if s3_scores is None else s3_scores[sl],
                 bm25_scores=None if bm25_scores is None else bm25_scores[sl],
                 metadata=rec.metadata)
     return pack_spans(spans, k=k, budget_tokens=budget_tokens)
+
+
+def _rank_keys(keys: list) -> list:
+    """Candidates in packing order: score desc (NaN last), document position, start."""
+    return sorted(keys, key=lambda t: (-(t[0] if t[0] == t[0] else -math.inf), t[1], t[2]))
+
+
+def _pick(keys: list, k: int | None, budget_tokens: int | None) -> list | None:
+    """The candidates :func:`pack_spans` keeps, or None where it would raise (a budget
+    with token bounds missing, or smaller than every candidate)."""
+    ranked = _rank_keys(keys)
+    if budget_tokens is None:
+        return ranked if k is None else ranked[:k]
+    lengths = [t[3] for t in ranked]
+    if not lengths:
+        return []
+    if min(lengths) < 0 or budget_tokens < min(lengths):
+        return None
+    return [ranked[i] for i in greedy_fill(lengths, budget_tokens, k=k)]
+
+
+def _settled(keys: list, next_max: float, next_min_tokens: int, k: int | None,
+             budget_tokens: int | None) -> bool:
+    """Whether the documents not yet grown (best unit ``next_max``, smallest unit
+    ``next_min_tokens`` or more) can no longer change what the packing keeps."""
+    ranked = _rank_keys(keys)
+    if budget_tokens is None:
+        return k is not None and sum(1 for t in ranked if t[0] > next_max) >= k
+    left, taken = budget_tokens, 0
+    for t in ranked:
+        if not t[0] > next_max:  # from here on, spans of other documents may interleave
+            smallest = min([next_min_tokens] + [u[3] for u in ranked if not u[0] > next_max])
+            return left < smallest
+        if 0 <= t[3] <= left:
+            left -= t[3]
+            taken += 1
+            if left == 0 or (k is not None and taken >= k):
+                return True
+    return left < next_min_tokens

@@ -5,10 +5,8 @@ codes, with the exact query-mean term ``(q - m) . k_hat + m . k`` when kept;
 features a token shares with the question's encoded queries, read from the postings.
 
 Example:
-    >>> import numpy as np, torch
-    >>> logits = torch.tensor([[0.0], [2.0], [0.0]])
-    >>> [round(float(x), 3) for x in softmax_mass(logits)]
-    [0.107, 0.787, 0.107]
+    >>> HeadWeight("layers.17", 3, kv=1).stream
+    'layers.17.kv1'
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from s3_retriever.config import SCORE_BLOCK_TOKENS
 from s3_retriever.model.hooks import hookpoint_layer, stream_name
 from s3_retriever.sae.coder import TopKSAE
 
@@ -93,78 +92,112 @@ def resolve_heads(entries: list[list[Any]] | None, saes: dict[str, TopKSAE], spe
     return out
 
 
-def softmax_mass(logits: torch.Tensor) -> np.ndarray:
-    """Softmax over positions (dim 0) per query token (dim 1), summed over query tokens."""
-    if logits.shape[0] == 0:
-        return np.zeros(0, np.float32)
-    # sum_t softmax(logits[:, t]) = exp(logits - max) @ (1 / Z): one exp pass and a
-    # mat-vec instead of a strided softmax over dim 0 and a division of the whole matrix
-    # (max(dim=0) is ~6x faster than amax(dim=0) on a tall matrix here)
-    e = logits - logits.max(dim=0).values
-    e.exp_()
-    return (e @ e.sum(dim=0).reciprocal()).numpy()
+class QueryPlan:
+    """A question's queries prepared for scoring: per key stream, the queries of every head
+    that reads it stacked ``[sum T, d]`` (minus the head's mean query where the index keeps
+    the query-mean term), so heads sharing a kv head are scored in one pass over the codes.
+    """
 
+    def __init__(self, queries: dict[str, torch.Tensor], saes: dict[str, TopKSAE],
+                 heads: list[HeadWeight], bias_streams: set[str] | frozenset = frozenset()):
+        self.heads = heads
+        self.streams: dict[str, list[int]] = {}
+        for i, hw in enumerate(heads):
+            self.streams.setdefault(hw.stream, []).append(i)
+        self.q: dict[str, torch.Tensor] = {}    # stream -> [sum T, d] (mean removed)
+        self.cols: dict[int, slice] = {}       # head -> its columns in its stream's block
+        self.uses_bias = {i: hw.column is not None and hw.stream in bias_streams
+                          for i, hw in enumerate(heads)}
+        self._u: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, members in self.streams.items():
+            parts, at = [], 0
+            for i in members:
+                hw = heads[i]
+                q = queries[hw.hookpoint][:, hw.head].float()
+                if self.uses_bias[i]:
+                    q = q - torch.tensor(hw.query_mean, dtype=torch.float32)
+                parts.append(q)
+                self.cols[i] = slice(at, at + len(q))
+                at += len(q)
+            self.q[name] = torch.cat(parts)
+            sae = saes[heads[members[0]].hookpoint]
+            d = self.q[name].shape[1]
+            factor = float(sae.cfg.key_scale) / math.sqrt(d)
+            self._u[name] = ((sae.W_dec.detach().float() @ self.q[name].T) * factor,
+                             (self.q[name] @ sae.b_dec.detach().float()) * factor)
+        self.d = next(iter(self.q.values())).shape[1]
 
-def reconstructed_logits(q: torch.Tensor, ids: np.ndarray, acts: np.ndarray, sae: TopKSAE,
-                         block: int = 32768) -> torch.Tensor:
-    """``q . k_hat / sqrt(d)`` for every position: q [T, d] exact queries; ids/acts [n, k]
-    the positions' key codes. Returns [n, T] float32."""
-    d = q.shape[-1]
-    scale = float(sae.cfg.key_scale)
-    w_dec = sae.W_dec.detach().float()
-    b_dec = sae.b_dec.detach().float()
-    q = q.float()
-    u = (w_dec @ q.T) * (scale / math.sqrt(d))  # [D, T]
-    base = (q @ b_dec) * (scale / math.sqrt(d))  # [T]
-    out = torch.empty((len(ids), q.shape[0]), dtype=torch.float32)
-    for s in range(0, len(ids), block):
-        i = torch.from_numpy(np.asarray(ids[s:s + block], dtype=np.int64))
-        a = torch.from_numpy(np.asarray(acts[s:s + block], dtype=np.float32))
-        # sum_i a_i * u[id_i] per row as one fused gather-multiply-add (embedding_bag):
-        # ~18x faster than materialising u[i] [block, k, T] (benchmarks/perf_query.py)
-        out[s:s + block] = torch.nn.functional.embedding_bag(
-            i, u, per_sample_weights=a, mode="sum") + base
-    return out
+    def logits(self, name: str, ids: np.ndarray, acts: np.ndarray,
+               bias: np.ndarray | None = None, block: int = 32768) -> np.ndarray:
+        """``[n, sum T]`` float32 logits of every head reading stream ``name`` on the given
+        codes (``bias``: the positions' exact query-mean columns)."""
+        u, base = self._u[name]
+        out = np.empty((len(ids), u.shape[1]), np.float32)
+        for s in range(0, len(ids), block):
+            i = torch.from_numpy(np.asarray(ids[s:s + block], dtype=np.int64))
+            a = torch.from_numpy(np.asarray(acts[s:s + block], dtype=np.float32))
+            # sum_i a_i * u[id_i] per row as one fused gather-multiply-add (embedding_bag)
+            out[s:s + block] = (torch.nn.functional.embedding_bag(
+                i, u, per_sample_weights=a, mode="sum") + base).numpy()
+        if bias is not None:
+            for i in self.streams[name]:
+                if self.uses_bias[i]:
+                    col = np.asarray(bias[:, self.heads[i].column], np.float32)
+                    out[:, self.cols[i]] += (col / math.sqrt(self.d))[:, None]
+        return out
 
 
 def attention_scores(queries: dict[str, torch.Tensor], codes: dict[str, tuple[np.ndarray,
                      np.ndarray]], saes: dict[str, TopKSAE], heads: list[HeadWeight],
-                     bias: dict[str, np.ndarray] | None = None, *, per_head: bool = False
-                     ) -> np.ndarray:
+                     bias: dict[str, np.ndarray] | None = None, *, per_head: bool = False,
+                     block: int = SCORE_BLOCK_TOKENS) -> np.ndarray:
     """Attention mass per haystack position, summed over heads with their weights
     (``per_head``: [n_heads, n], one unweighted row per head).
 
+    Positions are scored ``block`` at a time in two passes (the running max and sum of each
+    head and query token, then the normalised mass), so memory holds one block of logits
+    whatever the number of positions; heads that read the same kv head share each pass.
+
     Args:
         queries: hookpoint -> the question's queries [T, n_heads, d].
-        codes: postings name (``"layers.17.kv0"``) -> (ids, acts) [n, k] of the haystack.
+        codes: stream name (``"layers.17.kv0"``) -> (ids, acts) [n, k] of the haystack.
         saes: hookpoint -> SAE.
         heads: which query heads, with weights.
-        bias: postings name -> [n, m] exact ``mean_query . key`` columns; a head with a
+        bias: stream name -> [n, m] exact ``mean_query . key`` columns; a head with a
             ``column`` uses the query-mean term from it.
     """
-    total: np.ndarray | None = None
-    rows: list[np.ndarray] = []
-    for hw in heads:
-        name = hw.stream
-        ids, acts = codes[name]
-        q = queries[hw.hookpoint][:, hw.head].float()
-        if hw.column is not None and bias is not None and name in bias:
-            mean = torch.tensor(hw.query_mean, dtype=torch.float32)
-            exact = torch.from_numpy(np.asarray(bias[name][:, hw.column], np.float32))
-            logits = reconstructed_logits(q - mean, ids, acts, saes[hw.hookpoint]) + \
-                (exact / math.sqrt(q.shape[-1])).unsqueeze(1)
-        else:
-            logits = reconstructed_logits(q, ids, acts, saes[hw.hookpoint])
-        if per_head:
-            rows.append(softmax_mass(logits))
-            continue
-        mass = softmax_mass(logits) * hw.weight
-        total = mass if total is None else total + mass
-    if per_head and rows:
-        return np.stack(rows)
-    if total is None:
+    if not heads:
         raise ValueError("no heads selected for scoring")
-    return total
+    bias = bias or {}
+    plan = QueryPlan(queries, saes, heads, set(bias))
+    n = len(next(iter(codes.values()))[0])
+    out = np.zeros((len(heads), n), np.float32)
+    for name, members in plan.streams.items():
+        ids, acts = codes[name]
+        b = bias.get(name)
+
+        def logits(s: int, name: str = name, ids: np.ndarray = ids, acts: np.ndarray = acts,
+                   b: np.ndarray | None = b) -> torch.Tensor:
+            return torch.from_numpy(plan.logits(name, ids[s:s + block], acts[s:s + block],
+                                                None if b is None else b[s:s + block]))
+
+        width = sum(plan.cols[i].stop - plan.cols[i].start for i in members)
+        top = torch.full((width,), -math.inf)
+        total = torch.zeros(width, dtype=torch.float64)
+        for s in range(0, n, block):  # pass 1: running max and sum of exp per column
+            lg = logits(s)
+            new_top = torch.maximum(top, lg.max(dim=0).values)
+            total = total * torch.exp(top - new_top).double() + \
+                torch.exp(lg - new_top).sum(dim=0).double()
+            top = new_top
+        inv = (1.0 / total).float()
+        for s in range(0, n, block):  # pass 2: sum over query tokens of exp / normaliser
+            lg = logits(s).sub_(top).exp_()
+            for i in members:
+                out[i, s:s + block] = (lg[:, plan.cols[i]] @ inv[plan.cols[i]]).numpy()
+    if per_head:
+        return out.astype(np.float64)
+    return np.asarray(sum(row.astype(np.float64) * hw.weight for row, hw in zip(out, heads)))
 
 
 def query_feature_weights(queries: dict[str, torch.Tensor], saes: dict[str, TopKSAE],
@@ -205,10 +238,11 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
 def token_scores(store: Any, rows: Sequence[int], queries: dict[str, torch.Tensor],
                  saes: dict[str, TopKSAE], heads: list[HeadWeight], *,
                  scorer: str = "attention", max_df_fraction: float = 0.01,
-                 per_head: bool = False) -> list[np.ndarray]:
-    """The S3 score of every token of each document row of ``store`` (an
-    :class:`~s3_retriever.index.segments.InvertedIndex`): ``[n]`` per row, or with
-    ``per_head`` ``[n_heads, n]`` unweighted attention masses (attention scorer only)."""
+                 per_head: bool = False) -> np.ndarray:
+    """The S3 score of every token of the document ``rows`` of ``store`` (an
+    :class:`~s3_retriever.index.segments.InvertedIndex`), concatenated in row order:
+    ``[n]``, or with ``per_head`` ``[n_heads, n]`` unweighted attention masses (attention
+    scorer only)."""
     docs = store.docs
     spans = [(docs[r].segment, docs[r].token_start, docs[r].token_end) for r in rows]
     streams = sorted({hw.stream for hw in heads})
@@ -243,8 +277,4 @@ def token_scores(store: Any, rows: Sequence[int], queries: dict[str, torch.Tenso
                                    minlength=segment.n_tokens)
             per_seg[seg] = tot
         flat = np.concatenate([per_seg[seg][s:e] for seg, s, e in spans])
-    out, pos = [], 0
-    for _, s, e in spans:
-        out.append(np.asarray(flat[..., pos:pos + e - s], np.float64))
-        pos += e - s
-    return out
+    return np.asarray(flat, np.float64)

@@ -276,7 +276,7 @@ def test_query_mean_columns_hold_exact_mean_dot_key(tok):
 def test_query_mean_logits_and_persistence(tok, tmp_path):
     import torch
 
-    from s3_retriever.retrieval.scoring import attention_scores, reconstructed_logits, softmax_mass
+    from s3_retriever.retrieval.scoring import attention_scores
 
     heads = _mean_heads()
     idx = S3Index(tiny_lm(tok), tiny_saes(), S3Settings(chunk_tokens=16, context_tokens=4,
@@ -289,9 +289,13 @@ def test_query_mean_logits_and_persistence(tok, tmp_path):
     got = attention_scores(q, codes, idx.saes, [hw], dict(seg.bias))
     mean = torch.tensor(hw.query_mean)
     exact = torch.from_numpy(seg.bias["layers.1.kv0"][:, 0].astype(np.float32))
-    logits = reconstructed_logits(q["layers.1"][:, 0] - mean, *codes["layers.1.kv0"],
-                                  idx.saes["layers.1"]) + exact[:, None] / 4.0
-    np.testing.assert_allclose(got, softmax_mass(logits), rtol=1e-5)
+    sae = idx.saes["layers.1"]
+    ids, acts = codes["layers.1.kv0"]
+    k_hat = sae.decode(torch.from_numpy(acts.astype(np.float32)),
+                       torch.from_numpy(ids.astype(np.int64)), kind="key")
+    logits = (k_hat @ (q["layers.1"][:, 0] - mean).T) / 4.0 + exact[:, None] / 4.0
+    np.testing.assert_allclose(got, torch.softmax(logits.double(), 0).sum(1).numpy(),
+                               rtol=1e-4)
     # without the term the scores differ (the test would pass vacuously otherwise)
     plain = attention_scores(q, codes, idx.saes, [hw], None)
     assert not np.allclose(got, plain)

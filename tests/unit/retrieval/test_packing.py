@@ -11,6 +11,7 @@ import pytest
 
 from s3_retriever.errors import InvalidInputError
 from s3_retriever.index.documents import DocRecord
+from s3_retriever.retrieval import packing
 from s3_retriever.retrieval.packing import best_spans, greedy_fill, pack_spans, select_for_packing
 from s3_retriever.retrieval.spans import (
     Span,
@@ -229,3 +230,45 @@ def test_best_spans_without_component_scores_and_with_an_impossible_budget():
                    span_tokens=0, budget_tokens=1)
     assert best_spans(docs, units, [], np.zeros(0), s3_scores=None, bm25_scores=None,
                       span_tokens=0, k=3) == []
+
+
+def _many_docs(rng: np.random.Generator, n_docs: int):
+    """A bigger table: documents of 1-8 sentences of 1-14 words, one word one token."""
+    docs, token_chars = [], []
+    for i in range(n_docs):
+        sentences = [" ".join(f"w{i}x{j}" for j in range(int(rng.integers(1, 15)))) + "."
+                     for _ in range(int(rng.integers(1, 9)))]
+        text = " ".join(sentences)
+        bounds = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        docs.append(DocRecord(f"d{i}", text, {}, token_start=0, token_end=len(bounds),
+                              sentences=split_sentences(text)))
+        token_chars.append(np.array(bounds))
+    units = SentenceUnits()
+    units.add(docs, token_chars)
+    return docs, units
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_best_spans_grows_few_documents_and_still_packs_exactly(seed, monkeypatch):
+    """With many candidate documents, only those that can place a span are grown, and the
+    result equals growing and packing every document (ties, skips and all)."""
+    rng = np.random.default_rng(100 + seed)
+    docs, units = _many_docs(rng, 300)
+    rows = [int(r) for r in rng.permutation(300)[:250]]
+    n = len(units.of_rows(rows))
+    s3, bm = rng.random(n), rng.random(n)
+    ranked = np.round(rng.random(n) ** 3, int(rng.choice([2, 6])))  # skewed, some ties
+    grown_docs = []
+    real_grow = packing.grow_spans
+    monkeypatch.setattr(packing, "grow_spans",
+                        lambda *a, **kw: grown_docs.append(1) or real_grow(*a, **kw))
+    span_tokens = int(rng.choice([0, 10, 30]))
+    every = _all_spans(docs, units, rows, ranked, s3, bm, span_tokens)
+    for k, budget in [(4, None), (None, 200), (5, 300), (None, 1000)]:
+        grown_docs.clear()
+        got = best_spans(docs, units, rows, ranked, s3_scores=s3, bm25_scores=bm,
+                         span_tokens=span_tokens, k=k, budget_tokens=budget)
+        want = pack_spans(every, k=k, budget_tokens=budget)
+        assert [s.to_dict() for s in got] == [s.to_dict() for s in want]
+        if budget is None:
+            assert len(grown_docs) < 50  # k spans need a few documents, not 250

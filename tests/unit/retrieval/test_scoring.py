@@ -1,4 +1,4 @@
-"""Tests for s3_retriever.retrieval.scoring: heads, softmax mass, logits on reconstructed keys,
+"""Tests for s3_retriever.retrieval.scoring: heads, logits on reconstructed keys (QueryPlan),
 attention scores (with and without the query-mean term) and token scores of both scorers."""
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from s3_retriever.model.hooks import AttentionSpec
 from s3_retriever.retrieval.scan import question_queries
 from s3_retriever.retrieval.scoring import (
     HeadWeight,
+    QueryPlan,
     attention_scores,
-    reconstructed_logits,
     resolve_heads,
-    softmax_mass,
     token_scores,
 )
 from s3_retriever.sae.coder import SAEConfig, TopKSAE
@@ -51,34 +50,51 @@ def _by_hand(q: torch.Tensor, ids: np.ndarray, acts: np.ndarray, sae: TopKSAE) -
     return (k_hat @ q.T) / math.sqrt(q.shape[-1])
 
 
-# --------------------------------------------------------------------------- softmax_mass
-def test_softmax_mass():
-    got = softmax_mass(torch.tensor([[0.0], [2.0], [0.0]]))
-    np.testing.assert_allclose(got, [0.10650698, 0.78698604, 0.10650698], rtol=1e-6)
-    logits = torch.randn(50, 7, generator=torch.Generator().manual_seed(0)) * 5
-    mass = softmax_mass(logits)
-    np.testing.assert_allclose(mass, torch.softmax(logits, dim=0).sum(dim=1).numpy(),
-                               rtol=1e-5, atol=1e-7)
-    assert mass.shape == (50,) and math.isclose(float(mass.sum()), 7.0, rel_tol=1e-5)
-    # large logits do not overflow
-    assert np.isfinite(softmax_mass(torch.tensor([[1000.0], [990.0]]))).all()
-    assert softmax_mass(torch.zeros(0, 3)).shape == (0,)
+def softmax_mass(logits: torch.Tensor) -> np.ndarray:
+    """The reference: softmax over positions per query token, summed over query tokens."""
+    return torch.softmax(logits.double(), dim=0).sum(dim=1).numpy()
 
 
 # --------------------------------------------------------------------------- logits
-def test_reconstructed_logits_equal_q_dot_decoded_codes():
+def test_plan_logits_equal_q_dot_decoded_codes():
     sae = _sae()
     ids, acts = _codes(sae, 40)
     q = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
-    want = _by_hand(q, ids, acts, sae)
-    got = reconstructed_logits(q, ids, acts, sae)
-    assert got.shape == (40, 6) and got.dtype == torch.float32
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    queries = {"layers.1": q[:, None, :].expand(6, 2, 16).clone()}
+    queries["layers.1"][:, 1] += 1.0  # a second head on the same kv head
+    heads = [HeadWeight("layers.1", 0, 0), HeadWeight("layers.1", 1, 0)]
+    plan = QueryPlan(queries, {"layers.1": sae}, heads)
+    got = plan.logits("layers.1.kv0", ids, acts)
+    assert got.shape == (40, 12) and got.dtype == np.float32  # both heads in one pass
+    np.testing.assert_allclose(got[:, plan.cols[0]], _by_hand(q, ids, acts, sae).numpy(),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got[:, plan.cols[1]], _by_hand(q + 1.0, ids, acts, sae).numpy(),
+                               rtol=1e-4, atol=1e-4)
     # blocks of positions give the same result
-    torch.testing.assert_close(reconstructed_logits(q, ids, acts, sae, block=7), got)
+    np.testing.assert_array_equal(plan.logits("layers.1.kv0", ids, acts, block=7), got)
     # the decoder bias and the key scale both count
-    plain = _sae(key_scale=1.0)
-    assert not torch.allclose(reconstructed_logits(q, ids, acts, plain), got, atol=1e-3)
+    plain = QueryPlan(queries, {"layers.1": _sae(key_scale=1.0)}, heads)
+    assert not np.allclose(plain.logits("layers.1.kv0", ids, acts), got, atol=1e-3)
+
+
+def test_attention_scores_in_blocks_equal_one_softmax():
+    """Two passes over blocks of positions (running max and sum) give the softmax mass of
+    one pass over all positions, however the blocks fall; large logits do not overflow."""
+    sae = _sae()
+    saes = {"layers.1": sae}
+    codes = {"layers.1.kv0": _codes(sae, 53)}
+    g = torch.Generator().manual_seed(4)
+    queries = {"layers.1": torch.randn(7, 2, 16, generator=g) * 40}
+    heads = [HeadWeight("layers.1", 0, 0, 1.0), HeadWeight("layers.1", 1, 0, 0.5)]
+    whole = attention_scores(queries, codes, saes, heads, block=10**6)
+    want = sum(hw.weight * softmax_mass(_by_hand(queries["layers.1"][:, hw.head],
+                                                 *codes["layers.1.kv0"], sae))
+               for hw in heads)
+    np.testing.assert_allclose(whole, want, rtol=1e-4, atol=1e-7)
+    for block in (1, 7, 53):
+        np.testing.assert_allclose(attention_scores(queries, codes, saes, heads, block=block),
+                                   whole, rtol=1e-5, atol=1e-9)
+    assert np.isfinite(whole).all() and math.isclose(float(whole.sum()), 7 * 1.5, rel_tol=1e-4)
 
 
 # --------------------------------------------------------------------------- attention_scores
@@ -206,8 +222,7 @@ def test_token_scores_attention(index):
     heads = index.heads
     got = token_scores(index.index, rows, queries, index.saes, heads)
     sizes = [index.index.docs[r].token_end - index.index.docs[r].token_start for r in rows]
-    assert [g.shape for g in got] == [(n,) for n in sizes]
-    assert all(g.dtype == np.float64 for g in got)
+    assert got.shape == (sum(sizes),) and got.dtype == np.float64
     # one softmax over the candidate rows' tokens together, in the order given
     codes = {}
     for name in {h.stream for h in heads}:
@@ -215,12 +230,12 @@ def test_token_scores_attention(index):
         codes[name] = (np.concatenate([p[0] for p in parts]),
                        np.concatenate([p[1] for p in parts]))
     flat = attention_scores(queries, codes, index.saes, heads)
-    np.testing.assert_allclose(np.concatenate(got), flat, rtol=1e-6)
+    np.testing.assert_allclose(got, flat, rtol=1e-6)
     n_q = queries["layers.1"].shape[0]
-    assert math.isclose(float(np.concatenate(got).sum()), n_q * len(heads), rel_tol=1e-4)
+    assert math.isclose(float(got.sum()), n_q * len(heads), rel_tol=1e-4)
     per = token_scores(index.index, rows, queries, index.saes, heads, per_head=True)
-    assert [p.shape for p in per] == [(len(heads), n) for n in sizes]
-    np.testing.assert_allclose(sum(p.sum() for p in per), n_q * len(heads), rtol=1e-4)
+    assert per.shape == (len(heads), sum(sizes))
+    np.testing.assert_allclose(per.sum(), n_q * len(heads), rtol=1e-4)
 
 
 @pytest.mark.parametrize("max_df_fraction", [1.0, 0.05])
@@ -246,9 +261,9 @@ def test_token_scores_coactivation(index, max_df_fraction):
         pruned_any |= bool(pruned.any())
         w[pruned] = 0.0
     assert pruned_any == (max_df_fraction < 1.0)  # the pruned case really prunes
-    for r, g in zip(rows, got):
-        want = sum((w[ids.astype(np.int64)] * acts.astype(np.float64)).sum(axis=1)
-                   for name, w in weights.items()
-                   for ids, acts in [_doc_codes(index, r, name)])
-        np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-9)
-    assert any(g.max() > 0 for g in got)
+    want = np.concatenate([
+        sum((w[ids.astype(np.int64)] * acts.astype(np.float64)).sum(axis=1)
+            for name, w in weights.items() for ids, acts in [_doc_codes(index, r, name)])
+        for r in rows])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+    assert got.max() > 0

@@ -152,9 +152,13 @@ def test_sentence_units_s3_scores_follow_rows():
     units.add(docs, tcs)
     ts_a = np.array([0.0, 1.0, 0.0, 0.0, 4.0, 0.0])
     ts_c = np.array([2.0, 0.0, 0.0, 5.0])
-    got = units.s3_scores([2, 0], [ts_c, ts_a], window=1)
+    flat = np.concatenate([ts_c, ts_a])  # token scores of the rows, in row order
+    got = units.s3_scores([2, 0], flat, window=1)
     assert got.tolist() == [2.0, 0.0, 5.0, 1.0, 4.0]
     want = np.concatenate([sentence_max_scores(ts_c, units.token_unit(2), 3, 3),
                            sentence_max_scores(ts_a, units.token_unit(0), 2, 3)])
-    np.testing.assert_allclose(units.s3_scores([2, 0], [ts_c, ts_a], window=3), want)
-    assert units.s3_scores([], [], window=3).shape == (0,)
+    # one vectorised pass equals the per-document rule: smoothing never crosses documents
+    np.testing.assert_allclose(units.s3_scores([2, 0], flat, window=3), want)
+    assert units.s3_scores([], np.zeros(0), window=3).shape == (0,)
+    with pytest.raises(ValueError, match="rows' 10 tokens"):
+        units.s3_scores([2, 0], flat[:-1], window=3)
