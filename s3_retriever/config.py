@@ -84,6 +84,7 @@ class S3Settings:
         fusion: ``"linear"`` (min-max normalised mix) or ``"rrf"`` (reciprocal rank).
         fusion_weight: the S3 share in the fusion, in [0, 1].
         rrf_k: the RRF constant.
+        cross_paragraphs: let spans grow across blank lines (paragraph breaks).
     """
 
     chunk_tokens: int | None = None
@@ -98,6 +99,7 @@ class S3Settings:
     fusion: str = "linear"
     fusion_weight: float = 0.5
     rrf_k: int = 60
+    cross_paragraphs: bool = False
 
     def validate(self) -> S3Settings:
         """Check every field's type and range (settings read from disk included).
@@ -117,6 +119,9 @@ class S3Settings:
         if self.span_tokens != "auto" and not (validate.is_int(self.span_tokens)
                                                and self.span_tokens == 0):
             validate.positive_int(self.span_tokens, "span_tokens (or 0 or 'auto')")
+        if type(self.cross_paragraphs) is not bool:
+            raise InvalidInputError(f"cross_paragraphs must be True or False, got "
+                                    f"{self.cross_paragraphs!r}")
         if type(self.query_mean) is not bool:
             raise InvalidInputError(f"query_mean must be True or False, got "
                                     f"{self.query_mean!r}")

@@ -311,7 +311,8 @@ class S3Index:
                               bm25_scores=None if mode == "s3" else bm,
                               span_tokens=span_tokens_for(self.settings.span_tokens,
                                                           budget_tokens),
-                              k=k, budget_tokens=budget_tokens)
+                              k=k, budget_tokens=budget_tokens,
+                              cross_paragraphs=self.settings.cross_paragraphs)
 
     def unit_scores(self, query: str, doc_ids: Collection[str] | None = None,
                     filters: Mapping[str, Any] | None = None) -> dict[str, Any]:

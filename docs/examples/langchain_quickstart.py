@@ -20,7 +20,7 @@ def main() -> None:
     # Index three short texts (the model reads each once) and retrieve evidence spans.
     retriever = S3Retriever.from_texts(
         TEXTS, metadatas=[{"topic": "science"}, {"topic": "nature"}, {"topic": "note"}],
-        ids=["curie", "amazon", "secret"], k=2, show_progress=False)
+        ids=["curie", "amazon", "secret"], k=2, include_scores=True, show_progress=False)
     for doc in retriever.invoke("Where was Marie Curie born?", k=2):
         print(f"{doc.metadata['score']:.3f}  {doc.id:<14} {doc.page_content}")
 

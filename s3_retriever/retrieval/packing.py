@@ -23,6 +23,7 @@ from s3_retriever.retrieval.spans import (
     grown_span_keys,
     spans_for_document,
 )
+from s3_retriever.text.sentences import paragraph_breaks
 
 __all__ = ["best_spans", "greedy_fill", "pack_spans", "select_for_packing"]
 
@@ -147,7 +148,8 @@ def select_for_packing(
 
 def best_spans(docs: Sequence[Any], units: Any, rows: Sequence[int], ranked: np.ndarray, *,
                s3_scores: np.ndarray | None, bm25_scores: np.ndarray | None, span_tokens: int,
-               k: int | None = None, budget_tokens: int | None = None) -> list[Span]:
+               k: int | None = None, budget_tokens: int | None = None,
+               cross_paragraphs: bool = False) -> list[Span]:
     """The spans a search returns: grown around the best units of the candidate documents
     (``ranked``: one score per unit of ``rows``, in order), packed into ``k`` / the budget.
 
@@ -159,8 +161,17 @@ def best_spans(docs: Sequence[Any], units: Any, rows: Sequence[int], ranked: np.
 
     ``docs`` is the document table and ``units`` its
     :class:`~s3_retriever.retrieval.units.SentenceUnits`; ``s3_scores`` / ``bm25_scores``
-    (aligned with ``ranked``) are reported on the spans when given.
+    (aligned with ``ranked``) are reported on the spans when given. Spans stop at blank
+    lines (paragraph breaks) unless ``cross_paragraphs``.
     """
+
+    def grow(j: int) -> list[tuple[int, int, float]]:
+        rec, (a, b) = docs[rows[j]], ranges[j]
+        return grow_spans(ranked[offsets[j]:offsets[j] + n_units[j]], rec.sentences,
+                          units.tokens[a:b], span_tokens=span_tokens,
+                          breaks=None if cross_paragraphs else
+                          paragraph_breaks(rec.text, rec.sentences))
+
     ranges = [units.doc_range(r) for r in rows]
     n_units = np.fromiter((b - a for a, b in ranges), np.int64, len(rows))
     offsets = np.cumsum(n_units) - n_units
@@ -185,9 +196,7 @@ def best_spans(docs: Sequence[Any], units: Any, rows: Sequence[int], ranked: np.
     while True:
         for j in order[done:done + batch].tolist():
             r = rows[j]
-            sl = slice(offsets[j], offsets[j] + n_units[j])
-            g = grow_spans(ranked[sl], docs[r].sentences, units.tokens[ranges[j][0]:ranges[j][1]],
-                           span_tokens=span_tokens)
+            g = grow(j)
             grown[j] = g
             st, nt = grown_span_keys(docs[r].sentences, units.token_unit(r), g)
             keys += [(sc, j, int(a), int(n), j, i)
@@ -203,11 +212,7 @@ def best_spans(docs: Sequence[Any], units: Any, rows: Sequence[int], ranked: np.
         # budget smaller than every span, or missing token bounds: build everything and
         # let pack_spans report (or pack) exactly as it always has
         for j in order[done:].tolist():
-            r = rows[j]
-            sl = slice(offsets[j], offsets[j] + n_units[j])
-            grown[j] = grow_spans(ranked[sl], docs[r].sentences,
-                                  units.tokens[ranges[j][0]:ranges[j][1]],
-                                  span_tokens=span_tokens)
+            grown[j] = grow(j)
         chosen_ids = {(j, i) for j, g in grown.items() for i in range(len(g))}
     else:
         chosen_ids = {(key[4], key[5]) for key in picked}

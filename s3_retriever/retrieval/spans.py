@@ -111,6 +111,7 @@ def grow_spans(
     span_tokens: int = 96,
     max_spans: int | None = None,
     min_score: float = -math.inf,
+    breaks: np.ndarray | None = None,
 ) -> list[tuple[int, int, float]]:
     """Grow non-overlapping spans of whole sentences around the best sentences of ONE doc.
 
@@ -129,6 +130,8 @@ def grow_spans(
         span_tokens: the token size a span grows to.
         max_spans: stop after this many spans (``None``: until no seed is left).
         min_score: seeds must score at least this.
+        breaks: bool ``[n_sentences - 1]``; ``breaks[j]`` forbids a span holding both
+            sentence ``j`` and ``j + 1`` (a paragraph break between them).
 
     Returns:
         ``(first_sentence, last_sentence_exclusive, seed_score)`` in seed order (score desc).
@@ -151,6 +154,14 @@ def grow_spans(
     ranked = np.where(np.isnan(sc), -np.inf, sc)
     order = np.argsort(-ranked, kind="stable")
     used = np.zeros(n, dtype=bool)
+    if breaks is not None:
+        # a break is a used wall: growth stops there exactly as at a neighbour's span
+        wall = np.asarray(breaks, dtype=bool)
+        if wall.shape != (max(n - 1, 0),):
+            raise ValueError(f"breaks must have one entry per gap ({max(n - 1, 0)}), got "
+                             f"{wall.shape}")
+    else:
+        wall = np.zeros(max(n - 1, 0), dtype=bool)
     out: list[tuple[int, int, float]] = []
     for seed in order.tolist():
         if max_spans is not None and len(out) >= max_spans:
@@ -163,8 +174,8 @@ def grow_spans(
         lo, hi, size = seed, seed + 1, int(tok[seed])
         left_open = right_open = span_tokens > 0
         while left_open or right_open:
-            left_open = left_open and lo > 0 and not used[lo - 1]
-            right_open = right_open and hi < n and not used[hi]
+            left_open = left_open and lo > 0 and not used[lo - 1] and not wall[lo - 1]
+            right_open = right_open and hi < n and not used[hi] and not wall[hi - 1]
             if not (left_open or right_open):
                 break
             go_left = left_open and (not right_open or ranked[lo - 1] >= ranked[hi])

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ['split_sentences']
+import numpy as np
+
+__all__ = ['paragraph_breaks', 'split_sentences']
 
 
 # Lower-case, without the final period. Multi-dot ones ("e.g", "u.s") are also caught by
@@ -180,3 +182,16 @@ def split_sentences(text: str, *, max_chars: int = 1000) -> list[tuple[int, int]
         if end > start:
             out.append((start, end))
     return out
+
+
+def paragraph_breaks(text: str, sentences: list[tuple[int, int]] | tuple) -> np.ndarray:
+    """bool ``[len(sentences) - 1]``: whether a blank line separates sentence ``j`` from
+    sentence ``j + 1`` (spans do not grow across it unless asked to).
+
+    Example:
+        >>> t = "One. Two.\\n\\nThree."
+        >>> paragraph_breaks(t, split_sentences(t)).tolist()
+        [False, True]
+    """
+    gaps = [text[a[1]:b[0]] for a, b in zip(sentences[:-1], sentences[1:])]
+    return np.fromiter((bool(_BLANK_LINE_RE.search(g)) for g in gaps), bool, len(gaps))

@@ -21,7 +21,7 @@ from langchain_s3 import ChatS3, S3Retriever, format_documents
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 import s3_retriever.engine as engine
-from s3_retriever import EmptyIndexError, OutputExistsError, S3Index
+from s3_retriever import OutputExistsError, S3Index
 from s3_retriever.generate import SYSTEM_PROMPT
 from s3_retriever.sae.io import save_saes
 from tests.helpers import TEXTS, assert_grounded
@@ -58,7 +58,7 @@ def corpus_index(make_index):
 
 @pytest.fixture()
 def retriever(corpus_index):
-    return S3Retriever.from_index(corpus_index, k=3)
+    return S3Retriever.from_index(corpus_index, k=3, include_scores=True)
 
 
 def _key(docs):
@@ -181,8 +181,8 @@ async def test_async_search_runs_off_the_event_loop(retriever, monkeypatch):
     ({"topic": {"$ne": "science"}, "source": "note"}, {"secret"}),
 ])
 def test_filters_never_leak(corpus_index, flt, allowed):
-    per_call = S3Retriever.from_index(corpus_index, k=10).invoke(QUESTION, filter=flt)
-    fixed = S3Retriever.from_index(corpus_index, k=10, filter=flt).invoke(QUESTION)
+    per_call = S3Retriever.from_index(corpus_index, k=10, include_scores=True).invoke(QUESTION, filter=flt)
+    fixed = S3Retriever.from_index(corpus_index, k=10, filter=flt, include_scores=True).invoke(QUESTION)
     assert _key(per_call) == _key(fixed)
     assert per_call and {d.metadata["doc_id"] for d in per_call} <= allowed
     for d in per_call:
@@ -200,17 +200,18 @@ def test_filter_without_match_and_per_call_override(corpus_index):
 def test_fusion_fields_override_the_index_settings(corpus_index):
     q = "Nobel Prize physics in Paris"
     before = corpus_index.settings.to_dict()
-    only_s3 = S3Retriever.from_index(corpus_index, k=4, mode="s3").invoke(q)
-    only_bm = S3Retriever.from_index(corpus_index, k=4, mode="bm25").invoke(q)
-    s3_side = S3Retriever.from_index(corpus_index, k=4, fusion_weight=1.0).invoke(q)
-    bm_side = S3Retriever.from_index(corpus_index, k=4, fusion_weight=0.0).invoke(q)
+    def top4(**kw):
+        return S3Retriever.from_index(corpus_index, k=4, include_scores=True, **kw).invoke(q)
+
+    only_s3, only_bm = top4(mode="s3"), top4(mode="bm25")
+    s3_side, bm_side = top4(fusion_weight=1.0), top4(fusion_weight=0.0)
     assert [d.id for d in s3_side] == [d.id for d in only_s3]
     assert bm_side[0].id == only_bm[0].id
-    rrf = S3Retriever.from_index(corpus_index, k=4, fusion="rrf", rrf_k=10).invoke(q)
+    rrf = top4(fusion="rrf", rrf_k=10)
     assert len(rrf) == 4
     # concurrent searches with different overrides on one index never see each other's
-    pair = (S3Retriever.from_index(corpus_index, k=4),
-            S3Retriever.from_index(corpus_index, k=4, fusion_weight=1.0))
+    pair = (S3Retriever.from_index(corpus_index, k=4, include_scores=True),
+            S3Retriever.from_index(corpus_index, k=4, include_scores=True, fusion_weight=1.0))
     expected = {id(r): _key(r.invoke(q)) for r in pair}
     with ThreadPoolExecutor(4) as pool:
         futures = [(r, pool.submit(r.invoke, q)) for r in pair * 3]
@@ -249,12 +250,12 @@ def test_constructors_add_and_delete(lm, saes):
 
 
 def test_persistence_round_trip(lm, corpus_index, tmp_path):
-    r = S3Retriever.from_index(corpus_index, k=4)
+    r = S3Retriever.from_index(corpus_index, k=4, include_scores=True)
     path = r.save(tmp_path / "corpus.s3")
     with pytest.raises(OutputExistsError, match="pass overwrite=True"):
         r.save(path)
     assert r.save(path, overwrite=True) == path
-    loaded = S3Retriever.load(path, model=lm, k=4)
+    loaded = S3Retriever.load(path, model=lm, k=4, include_scores=True)
     for kwargs in ({}, {"mode": "s3"}, {"mode": "bm25"}, {"filter": {"topic": "music"}}):
         a, b = r.invoke(QUESTION, **kwargs), loaded.invoke(QUESTION, **kwargs)
         assert _key(a) == _key(b)
@@ -288,8 +289,12 @@ def test_clear_errors(retriever, make_index, tmp_path, lm):
         S3Retriever(index=retriever.index, unknown_field=1)
     with pytest.raises(FileNotFoundError):
         S3Retriever.load(tmp_path / "missing.s3", model=lm)
-    with pytest.raises(EmptyIndexError):
-        S3Retriever.from_index(make_index()).invoke(QUESTION)
+    # an empty index answers [] as a vector store does; bad arguments still raise
+    assert S3Retriever.from_index(make_index()).invoke(QUESTION) == []
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        S3Retriever.from_index(make_index()).invoke(QUESTION, k=0)
+    with pytest.raises(TypeError, match="unknown search arguments"):
+        S3Retriever(index=retriever.index, search_kwargs={"top_k": 3})
 
 
 # ---------------------------------------------------------------- the chat model, RAG chain
@@ -352,3 +357,56 @@ def test_quickstart_example_runs(lm, saes, monkeypatch, tmp_path, capsys):
     runpy.run_path(str(EXAMPLE), run_name="__main__")
     out = capsys.readouterr().out
     assert "Warsaw" in out and "Zanzibar" in out
+
+
+# ---------------------------------------------------------------- lineage and combinators
+def test_prechunked_documents_keep_their_lineage(make_index):
+    """Chunks from RecursiveCharacterTextSplitter(add_start_index=True) come back with the
+    caller's metadata, offsets in the original document and the same id on every run."""
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    book = ("The harbour master kept a diary for forty years.\n\n"
+            "On 3 May 1902 a letter arrived from the mainland. It was written by Jonas Lind, "
+            "the lighthouse keeper's brother.\n\n"
+            "He asked for a boat before the winter storms. The boat never came.")
+    splitter = RecursiveCharacterTextSplitter(chunk_size=120, chunk_overlap=0,
+                                              add_start_index=True)
+    chunks = splitter.create_documents([book], metadatas=[{"source": "diary.txt"}])
+    assert len(chunks) >= 2 and chunks[-1].metadata["start_index"] > 0
+    ids = []
+    for _ in range(2):
+        r = S3Retriever.from_index(make_index(), k=4, mode="bm25")
+        ids.append(r.add_documents(chunks, show_progress=False))
+        docs = r.invoke("Who wrote the letter?")
+        assert docs and all(d.metadata["source"] == "diary.txt" for d in docs)
+        for d in docs:
+            m = d.metadata
+            assert book[m["start_index"]:m["end_index"]] == d.page_content  # source coords
+        assert any(d.metadata["start_index"] > 0 for d in docs)
+    assert ids[0] == ids[1] and len(set(ids[0])) == len(chunks)  # stable, distinct ids
+
+
+def test_same_span_compares_equal_across_queries(corpus_index):
+    """Without per-query scores in the metadata, MultiQueryRetriever's dedup and
+    EnsembleRetriever(id_key=...) see one document per span."""
+    from langchain_classic.retrievers import EnsembleRetriever
+
+    r = S3Retriever.from_index(corpus_index, k=2, mode="bm25")
+    a = r.invoke("Who composed the Brandenburg Concertos?")
+    b = r.invoke("Which composer wrote the Brandenburg Concertos?")
+    assert a[0].id == b[0].id and a[0] == b[0]
+    assert "score" not in a[0].metadata
+    ensemble = EnsembleRetriever(retrievers=[r, S3Retriever.from_index(corpus_index, k=2)],
+                                 weights=[0.5, 0.5], id_key="doc_id")
+    docs = ensemble.invoke("Who composed the Brandenburg Concertos?")
+    assert len({d.metadata["doc_id"] for d in docs}) == len(docs)
+
+
+def test_search_kwargs_and_async_ingestion(make_index):
+    r = S3Retriever.from_index(make_index(), search_kwargs={"k": 1, "mode": "bm25"})
+    asyncio.run(r.aadd_texts(["Bach lived in Leipzig.", "Kiwis are green."], ids=["b", "k"],
+                             show_progress=False))
+    assert [d.metadata["doc_id"] for d in r.invoke("Where did Bach live?")] == ["b"]
+    assert len(r.invoke("Where did Bach live?", k=2)) == 2  # a call keyword still wins
+    asyncio.run(r.adelete(["b"]))
+    assert [d.metadata["doc_id"] for d in r.invoke("Where did Bach live?")] == ["k"]

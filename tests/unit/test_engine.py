@@ -364,3 +364,16 @@ def test_unit_scores_align_with_search(index):
     best = int(np.argmax(us["s3"]))
     assert (top.doc_id, top.start_char, top.end_char) == \
         (us["doc_id"][best], *map(int, us["bounds"][best]))
+
+
+def test_spans_stop_at_paragraph_breaks_unless_asked(tok):
+    text = ("Marie Curie was born in Warsaw. She studied there.\n\n"
+            "The Amazon flows through Brazil. It is a long river.")
+    for cross in (False, True):
+        idx = S3Index(tiny_lm(tok), tiny_saes(),
+                      S3Settings(chunk_tokens=16, context_tokens=4, span_tokens=200,
+                                 cross_paragraphs=cross))
+        idx.add_texts([text], ids=["d"], show_progress=False)
+        spans = idx.search("Where was Marie Curie born?", k=4, mode="bm25")
+        assert all(s.text == text[s.start_char:s.end_char] for s in spans)
+        assert any("\n\n" in s.text for s in spans) == cross

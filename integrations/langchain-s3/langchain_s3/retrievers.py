@@ -1,10 +1,10 @@
 """``S3Retriever``: a LangChain retriever over an :class:`~s3_retriever.S3Index`.
 
-Each result is one evidence span (a contiguous slice of an indexed document) as a LangChain
-:class:`~langchain_core.documents.Document`: its ``id`` is the span id
-(``"<doc_id>:<start>-<end>"``), its ``page_content`` is exactly
-``source_text[start_index:end_index]``, and its metadata is the source document's metadata
-plus ``doc_id``, ``start_index``, ``end_index``, ``score``, ``s3_score`` and ``bm25_score``.
+Each result is one evidence span as a ``Document``: ``id`` ``"<doc_id>:<start>-<end>"``,
+``page_content`` exactly the span, metadata the source's plus ``doc_id``, ``start_index``
+and ``end_index`` (in the source's coordinates: a chunk's own ``start_index`` is added), and
+with ``include_scores=True`` the scores, so that by default the same span compares equal
+across queries (``MultiQueryRetriever``, ``EnsembleRetriever`` dedup).
 
 Example:
     >>> from langchain_s3 import S3Retriever
@@ -19,6 +19,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +40,7 @@ from s3_retriever import (
     DEFAULT_MODEL,
     FUSIONS,
     MODES,
+    EmptyIndexError,
     LoadedModel,
     S3Index,
     S3Settings,
@@ -54,18 +57,30 @@ _SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(S3Settings))
 _IGNORED_KWARGS = frozenset({"verbose"})
 
 
-def span_to_document(span: Span) -> Document:
+def span_to_document(span: Span, *, include_scores: bool = False) -> Document:
     """A LangChain ``Document`` for one evidence span.
 
+    When the indexed text was itself a chunk with an integer ``start_index`` in its
+    metadata (``RecursiveCharacterTextSplitter(add_start_index=True)``), the span's
+    ``start_index`` / ``end_index`` are in the original document's coordinates.
+
     Example:
-        >>> d = span_to_document(Span("curie", 0, 31, "Marie Curie was born in Warsaw.", 0.9,
-        ...                           metadata={"source": "wiki"}))
-        >>> d.id, d.metadata["start_index"], d.metadata["source"]
-        ('curie:0-31', 0, 'wiki')
+        >>> d = span_to_document(Span("c1", 4, 35, "Marie Curie was born in Warsaw.", 0.9,
+        ...                           metadata={"source": "wiki", "start_index": 519}))
+        >>> d.id, d.metadata["start_index"], d.metadata["end_index"], d.metadata["source"]
+        ('c1:4-35', 523, 554, 'wiki')
+        >>> "score" in d.metadata, span_to_document(Span("c", 0, 1, "x", 0.5),
+        ...                                         include_scores=True).metadata["score"]
+        (False, 0.5)
     """
     metadata = dict(span.metadata)
-    metadata.update(doc_id=span.doc_id, start_index=span.start_char, end_index=span.end_char,
-                    score=float(span.score), s3_score=span.s3_score, bm25_score=span.bm25_score)
+    base = metadata.get("start_index", 0)
+    base = base if isinstance(base, int) and not isinstance(base, bool) else 0
+    metadata.update(doc_id=span.doc_id, start_index=base + span.start_char,
+                    end_index=base + span.end_char)
+    if include_scores:
+        metadata.update(score=float(span.score), s3_score=span.s3_score,
+                        bm25_score=span.bm25_score)
     return Document(id=span.id, page_content=span.text, metadata=metadata)
 
 
@@ -100,6 +115,10 @@ class S3Retriever(BaseRetriever):
             ``{"key": {"$eq"|"$ne"|"$in"|"$nin": ...}}``; documents that do not match are
             excluded before ranking.
         fusion, fusion_weight, rrf_k: hybrid fusion overrides (None: the index's settings).
+        include_scores: add ``score``, ``s3_score`` and ``bm25_score`` to each result's
+            metadata (off by default, so the same span compares equal across queries).
+        search_kwargs: per-call options applied to every call (``{"k": 3, "filter": ...}``,
+            the vector-store retriever habit); explicit call keywords still win.
 
     Example:
         >>> retriever = S3Retriever.from_texts(["The secret code word is Zanzibar."],
@@ -118,11 +137,14 @@ class S3Retriever(BaseRetriever):
     fusion: Literal[FUSIONS] | None = None  # type: ignore[valid-type]
     fusion_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     rrf_k: PositiveInt | None = None
+    include_scores: bool = False
+    search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check_limits(self) -> S3Retriever:
         if self.k is None and self.budget_tokens is None:
             raise ValueError("give k, budget_tokens or both")
+        self._call_options(dict(self.search_kwargs))  # unknown keys fail at construction
         return self
 
     # ------------------------------------------------------------------ constructors
@@ -242,8 +264,10 @@ class S3Retriever(BaseRetriever):
 
     def add_documents(self, documents: Iterable[Any], ids: Sequence[str] | None = None, *,
                       show_progress: bool = True) -> list[str]:
-        """Index LangChain documents; ``ids`` (else each document's ``id``, else a new uuid)
-        name them for :meth:`delete` and in results' ``doc_id``.
+        """Index LangChain documents; ``ids`` (else each document's ``id``, else an id made
+        from its text and metadata, the same on every run) name them for :meth:`delete` and
+        in results' ``doc_id``. Pre-chunked documents keep their metadata, and a chunk's
+        ``start_index`` shifts its results' offsets into the original document.
 
         Example:
             >>> from langchain_core.documents import Document
@@ -254,12 +278,29 @@ class S3Retriever(BaseRetriever):
             ['bach']
         """
         documents = list(documents)
-        if ids is not None:
-            if len(ids) != len(documents):
-                raise ValueError(f"{len(ids)} ids for {len(documents)} documents")
-            documents = [{"page_content": _content(d), "metadata": _metadata(d), "id": i}
-                         for d, i in zip(documents, ids)]
+        if ids is not None and len(ids) != len(documents):
+            raise ValueError(f"{len(ids)} ids for {len(documents)} documents")
+        given = list(ids) if ids is not None else [getattr(d, "id", None) if not
+                                                    isinstance(d, Mapping) else d.get("id")
+                                                    for d in documents]
+        documents = [{"page_content": _content(d), "metadata": _metadata(d),
+                      "id": i if i is not None else _stable_id(_content(d), _metadata(d))}
+                     for d, i in zip(documents, given)]
         return self.index.add_documents(documents, show_progress=show_progress)
+
+    async def aadd_documents(self, documents: Iterable[Any], ids: Sequence[str] | None = None,
+                             *, show_progress: bool = True) -> list[str]:
+        """Async :meth:`add_documents` (the scan runs in a worker thread)."""
+        return await run_in_executor(None, lambda: self.add_documents(
+            documents, ids, show_progress=show_progress))
+
+    async def aadd_texts(self, texts: Iterable[str],
+                         metadatas: Sequence[Mapping[str, Any]] | None = None,
+                         ids: Sequence[str] | None = None, *,
+                         show_progress: bool = True) -> list[str]:
+        """Async :meth:`add_texts` (the scan runs in a worker thread)."""
+        return await run_in_executor(None, lambda: self.add_texts(
+            texts, metadatas, ids, show_progress=show_progress))
 
     def delete(self, ids: str | Iterable[str]) -> None:
         """Remove documents by id; an unknown id raises ``KeyError`` and deletes nothing.
@@ -271,6 +312,10 @@ class S3Retriever(BaseRetriever):
             0
         """
         self.index.delete(ids)
+
+    async def adelete(self, ids: str | Iterable[str]) -> None:
+        """Async :meth:`delete`."""
+        await run_in_executor(None, self.delete, ids)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Save the index to the folder ``path``, atomically (see ``S3Index.save``): a new or
@@ -288,6 +333,7 @@ class S3Retriever(BaseRetriever):
 
     # ------------------------------------------------------------------ retrieval
     def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {**self.search_kwargs, **kwargs}
         unknown = sorted(set(kwargs) - set(_CALL_KWARGS) - _IGNORED_KWARGS)
         if unknown:
             raise TypeError(f"unknown search arguments {unknown}; per call give "
@@ -300,8 +346,11 @@ class S3Retriever(BaseRetriever):
 
     def _search(self, query: str, options: dict[str, Any]) -> list[Document]:
         overrides = {f: getattr(self, f) for f in _FUSION_FIELDS if getattr(self, f) is not None}
-        spans = self.index.search(query, **options, **overrides)
-        return [span_to_document(s) for s in spans]
+        try:
+            spans = self.index.search(query, **options, **overrides)
+        except EmptyIndexError:
+            return []  # as a vector store does (arguments were checked before this)
+        return [span_to_document(s, include_scores=self.include_scores) for s in spans]
 
     def _get_relevant_documents(self, query: str, *,
                                 run_manager: CallbackManagerForRetrieverRun,
@@ -322,6 +371,13 @@ def _content(doc: Any) -> str:
     get = doc.get if isinstance(doc, Mapping) else lambda k: getattr(doc, k, None)
     text = get("page_content")
     return get("text") if text is None else text
+
+
+def _stable_id(text: str, metadata: Mapping[str, Any]) -> str:
+    """An id for a document without one: a hash of its text and metadata, so the same
+    chunk gets the same id on every run."""
+    key = json.dumps([text, metadata], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def _metadata(doc: Any) -> dict[str, Any]:

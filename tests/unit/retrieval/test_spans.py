@@ -184,3 +184,14 @@ def test_order_for_prompt():
     # the same start: the shorter span first
     a, b = Span("d", 0, 9, "x" * 9, 1.0), Span("d", 0, 4, "x" * 4, 0.1)
     assert order_for_prompt([a, b]) == [b, a]
+
+
+def test_spans_do_not_grow_across_a_paragraph_break():
+    scores, tokens = np.array([0.2, 0.9, 0.5, 0.8]), np.array([3, 3, 3, 3])
+    sentences = [(0, 1)] * 4
+    assert grow_spans(scores, sentences, tokens, span_tokens=12) == [(0, 4, 0.9)]
+    walls = np.array([False, True, False])  # a blank line between sentences 1 and 2
+    assert grow_spans(scores, sentences, tokens, span_tokens=12, breaks=walls) == \
+        [(0, 2, 0.9), (2, 4, 0.8)]
+    with pytest.raises(ValueError, match="one entry per gap"):
+        grow_spans(scores, sentences, tokens, span_tokens=12, breaks=np.array([True]))

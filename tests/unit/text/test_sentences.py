@@ -142,3 +142,14 @@ def test_split_handles_1mb_and_pathological_text():
     # no whitespace to split at: hard cuts every max_chars
     assert len(split_sentences("a" * 1_000_000)) == 1000
     assert len(split_sentences("ab " * 300_000)) > 800
+
+
+def test_paragraph_breaks_mark_blank_lines_between_sentences():
+    from s3_retriever.text.sentences import paragraph_breaks
+
+    text = "One here. Two here.\n\nThree here.\n  \nFour.\nFive."
+    sentences = split_sentences(text)
+    assert [text[a:b] for a, b in sentences] == ["One here.", "Two here.", "Three here.",
+                                                 "Four.", "Five."]
+    assert paragraph_breaks(text, sentences).tolist() == [False, True, True, False]
+    assert paragraph_breaks("Alone.", split_sentences("Alone.")).shape == (0,)
