@@ -1,11 +1,12 @@
-"""``s3-retriever``: index, search, ask, train-sae.
+"""``s3-retriever``: index, search, ask, train-sae, sae-convert.
 
 Example:
     s3-retriever index book.txt --out book.s3
-    s3-retriever search book.s3 "Who wrote the letter?" --k 3
+    s3-retriever search book.s3 "Who wrote the letter?" --k 3 --filter source=book.txt
     s3-retriever ask book.s3 "Who wrote the letter?" --budget 1024
     s3-retriever train-sae --layers 17 18 --out my_saes
     s3-retriever calibrate --layers 8-23 --questions 0-99 --out heads.json
+    s3-retriever sae-convert --from sparsify their_saes --out my_saes
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from s3_retriever import validate
+from s3_retriever import __version__, validate
 from s3_retriever.config import (
     ANSWER_BUDGET_TOKENS,
     DEFAULT_K,
@@ -27,6 +29,8 @@ from s3_retriever.config import (
     MODES,
 )
 from s3_retriever.errors import InvalidInputError, S3Error
+
+logger = logging.getLogger(__name__)
 
 
 def read_text_file(path: str, encoding: str | None = None, errors: str = "strict") -> str:
@@ -60,7 +64,7 @@ def _read_texts(a: argparse.Namespace) -> tuple[list[str], list[dict], list[str]
     for f in a.files:
         text = read_text_file(f, a.encoding, a.errors)
         if not text.strip():
-            print(f"warning: skipping empty file {f}", file=sys.stderr)
+            logger.warning("skipping empty file %s", f)
             continue
         p = Path(f)
         texts.append(text)
@@ -69,10 +73,12 @@ def _read_texts(a: argparse.Namespace) -> tuple[list[str], list[dict], list[str]
     return texts, metas, ids
 
 
-def _print_spans(spans, as_json: bool) -> None:
+def _print_spans(spans, as_json: bool, filtered: bool = False) -> None:
     if as_json:
         print(json.dumps([s.to_dict() for s in spans], indent=1, ensure_ascii=False))
         return
+    if not spans:
+        print("no spans" + (" (no document matches --filter)" if filtered else ""))
     for i, s in enumerate(spans, 1):
         comp = []
         if s.s3_score is not None:
@@ -111,33 +117,87 @@ def cmd_index(a: argparse.Namespace) -> int:
     return 0
 
 
-def _check_search_args(a: argparse.Namespace) -> None:
-    """The numbers a search takes, checked before the model loads."""
+def parse_filters(specs: Sequence[str] | None) -> dict[str, Any] | None:
+    """``--filter KEY=VALUE`` options as a search's ``filters``: all must hold.
+
+    VALUE is read as JSON when it parses (``1867``, ``true``, ``["a", "b"]`` for any of,
+    ``{"$gte": 2020}``), else kept as a string. A KEY given twice must meet both.
+
+    >>> parse_filters(["year=1867", "source=notes.txt", 'lang=["en", "fr"]'])
+    {'year': 1867, 'source': 'notes.txt', 'lang': ['en', 'fr']}
+    >>> parse_filters(['year={"$gte": 1800}', 'year={"$lt": 1900}'])
+    {'$and': [{'year': {'$gte': 1800}}, {'year': {'$lt': 1900}}]}
+
+    Raises:
+        InvalidInputError: no ``=``, an empty KEY, or a condition the filter rules refuse.
+    """
+    from s3_retriever.retrieval import filters as filter_rules
+
+    if not specs:
+        return None
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(name)  # NaN / Infinity stay strings
+
+    parts: list[tuple[str, Any]] = []
+    for spec in specs:
+        key, sep, raw = spec.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidInputError(f"--filter {spec!r}: expected KEY=VALUE, e.g. "
+                                    "source=notes.txt or year=1867")
+        try:
+            parts.append((key, json.loads(raw, parse_constant=no_constants)))
+        except ValueError:
+            parts.append((key, raw))
+    keys = [k for k, _ in parts]
+    if len(set(keys)) == len(keys):
+        return filter_rules.check(dict(parts), "--filter")
+    return filter_rules.check({"$and": [{k: v} for k, v in parts]}, "--filter")
+
+
+def _check_search_args(a: argparse.Namespace) -> dict[str, Any] | None:
+    """The numbers and filters a search takes, checked before the model loads."""
     validate.optional_positive_int(a.k, "k")
     validate.optional_positive_int(a.budget, "budget_tokens")
     validate.positive_int(getattr(a, "max_new_tokens", 1), "max_new_tokens")
+    return parse_filters(a.filter)
+
+
+def _load_index(a: argparse.Namespace) -> Any:
+    from s3_retriever.engine import S3Index
+
+    start = time.perf_counter()
+    index = S3Index.load(a.index, device=a.device, dtype=a.dtype)
+    if not logger.isEnabledFor(logging.INFO):
+        return index
+    st = index.stats()
+    logger.info("loaded %s: %d document(s), %d tokens, %s on %s (%.1f s)", a.index,
+                st["documents"], st["tokens"], index.lm.model_id, index.lm.device.type,
+                time.perf_counter() - start)
+    return index
 
 
 def cmd_search(a: argparse.Namespace) -> int:
-    from s3_retriever.engine import S3Index
-
-    _check_search_args(a)
-
-    index = S3Index.load(a.index, device=a.device, dtype=a.dtype)
-    spans = index.search(a.question, k=a.k, budget_tokens=a.budget, mode=a.mode)
-    _print_spans(spans, a.json)
+    filters = _check_search_args(a)
+    index = _load_index(a)
+    start = time.perf_counter()
+    spans = index.search(a.question, k=a.k, budget_tokens=a.budget, mode=a.mode,
+                         filters=filters)
+    logger.info("search: %d span(s) in %.2f s", len(spans), time.perf_counter() - start)
+    _print_spans(spans, a.json, filtered=filters is not None)
     return 0
 
 
 def cmd_ask(a: argparse.Namespace) -> int:
-    from s3_retriever.engine import S3Index
-
-    _check_search_args(a)
-
-    index = S3Index.load(a.index, device=a.device, dtype=a.dtype)
-    ans = index.answer(a.question, budget_tokens=ANSWER_BUDGET_TOKENS if a.budget is None else a.budget,
-                       mode=a.mode,
-                       max_new_tokens=a.max_new_tokens)
+    filters = _check_search_args(a)
+    index = _load_index(a)
+    start = time.perf_counter()
+    ans = index.answer(a.question,
+                       budget_tokens=ANSWER_BUDGET_TOKENS if a.budget is None else a.budget,
+                       mode=a.mode, max_new_tokens=a.max_new_tokens, filters=filters)
+    logger.info("answer: %d span(s), %d prompt tokens, %.2f s", len(ans.spans),
+                ans.prompt_tokens, time.perf_counter() - start)
     if a.json:
         print(json.dumps({"answer": ans.text, "prompt_tokens": ans.prompt_tokens,
                           "spans": [s.to_dict() for s in ans.spans]}, indent=1,
@@ -185,6 +245,37 @@ def cmd_query_means(a: argparse.Namespace) -> int:
     heads = add_query_means(Path(a.saes) / "heads.json", lm, max_tokens=a.tokens,
                             show_progress=not a.quiet)
     print(f"mean queries of {len(heads)} heads written to {Path(a.saes) / 'heads.json'}")
+    return 0
+
+
+def cmd_sae_convert(a: argparse.Namespace) -> int:
+    from s3_retriever import storage
+    from s3_retriever.sae.io import (
+        SAE_FOLDER_FILES,
+        export_sparsify,
+        import_sparsify,
+        is_sae_folder,
+        load_saes,
+        save_saes,
+    )
+
+    if a.source == "s3" and (a.key_scale, a.query_scale, a.layer) != (None, None, None):
+        raise InvalidInputError("--key-scale, --query-scale and --layer apply to --from "
+                                "sparsify (an s3-retriever SAE folder stores its own)")
+    storage.check_folder_output(a.out, overwrite=a.overwrite, recognise=is_sae_folder)
+    src = Path(a.input)
+    if a.source == "s3":
+        saes = load_saes(src)
+    else:
+        saes = import_sparsify(src, key_scale=a.key_scale, query_scale=a.query_scale,
+                               layer=a.layer)
+    # heads.json & co. travel along (read now: --out may be the input folder itself)
+    extra = {n: (src / n).read_bytes() for n in SAE_FOLDER_FILES if (src / n).is_file()}
+    write = export_sparsify if a.source == "s3" else save_saes
+    write(saes, a.out, overwrite=a.overwrite, extra_files=extra)
+    target = "sparsify" if a.source == "s3" else "s3"
+    print(f"converted {len(saes)} SAE(s) ({', '.join(saes)}) from the {a.source} layout to "
+          f"the {target} layout -> {a.out}" + (f" (with {', '.join(extra)})" if extra else ""))
     return 0
 
 
@@ -237,8 +328,16 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     return 0
 
 
+VERBOSE_HELP = "log more: -v info, -vv debug (the library's loggers)"
+QUIET_HELP = "no progress bars; warnings only"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="s3-retriever", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, dest="global_verbose",
+                   help=VERBOSE_HELP)
+    p.add_argument("--quiet", action="store_true", dest="global_quiet", help=QUIET_HELP)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def model_args(q: argparse.ArgumentParser) -> None:
@@ -264,7 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", default=DEFAULT_MODEL)
     q.add_argument("--saes", default=None, help="SAE folder (default: the shipped SAEs)")
     q.add_argument("--chunk-tokens", type=int, default=None)
-    q.add_argument("--quiet", action="store_true")
     model_args(q)
     q.set_defaults(func=cmd_index)
 
@@ -277,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--budget", type=int, default=None, help="token budget")
         q.add_argument("--mode", choices=MODES, default=None)
         q.add_argument("--json", action="store_true")
+        q.add_argument("--filter", action="append", default=None, metavar="KEY=VALUE",
+                       help="only documents whose metadata KEY equals VALUE (JSON if it "
+                            "parses, else a string; a JSON list: any of); repeat to AND")
         if name == "ask":
             q.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
         model_args(q)
@@ -301,7 +402,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="a new or empty folder")
     overwrite_arg(q, "an SAE folder")
     input_args(q)
-    q.add_argument("--quiet", action="store_true")
     model_args(q)
     q.set_defaults(func=cmd_train_sae)
 
@@ -319,7 +419,6 @@ def build_parser() -> argparse.ArgumentParser:
     overwrite_arg(q, "the file")
     q.add_argument("--query-mean-tokens", type=int, default=50_000,
                    help="generic-text tokens for each chosen head's mean query (0: none)")
-    q.add_argument("--quiet", action="store_true")
     model_args(q)
     q.set_defaults(func=cmd_calibrate)
 
@@ -327,28 +426,68 @@ def build_parser() -> argparse.ArgumentParser:
                                           "to the heads.json of an SAE folder")
     q.add_argument("--saes", required=True, help="SAE folder holding heads.json")
     q.add_argument("--tokens", type=int, default=50_000, help="generic-text tokens to average")
-    q.add_argument("--quiet", action="store_true")
     q.add_argument("--model", default=DEFAULT_MODEL)
     model_args(q)
     q.set_defaults(func=cmd_query_means)
 
+    q = sub.add_parser("sae-convert", help="convert an SAE folder between this package's "
+                                          "layout and EleutherAI sparsify's")
+    q.add_argument("input", metavar="IN", help="the SAE folder to read (one hookpoint, or a "
+                                               "folder of hookpoint folders)")
+    q.add_argument("--from", dest="source", choices=["sparsify", "s3"], required=True,
+                   help="the layout of IN; the output has the other one")
+    q.add_argument("--out", required=True, help="a new or empty folder (or an SAE folder, "
+                                                "with --overwrite)")
+    overwrite_arg(q, "an SAE folder")
+    q.add_argument("--key-scale", type=float, default=None,
+                   help="sparsify only: what keys are divided by before encoding (default: "
+                        "the stored one, else 1.0)")
+    q.add_argument("--query-scale", type=float, default=None,
+                   help="sparsify only: the same for queries")
+    q.add_argument("--layer", type=int, default=None,
+                   help="sparsify only, one hookpoint: its layer (default: N of layers.N)")
+    q.set_defaults(func=cmd_sae_convert)
+
     from s3_retriever.evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)
+    for q in sub.choices.values():  # the global flags, also after the subcommand
+        q.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
+        if "--quiet" not in q._option_string_actions:
+            q.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     return p
+
+
+def _log_level(a: argparse.Namespace) -> int | None:
+    """The library loggers' level the flags ask for (None: leave it)."""
+    verbose = a.global_verbose + a.verbose
+    a.quiet = a.global_quiet or a.quiet
+    if verbose and a.quiet:
+        raise InvalidInputError("--quiet and --verbose contradict each other; give one")
+    if a.quiet:
+        return logging.WARNING
+    return {0: None, 1: logging.INFO}.get(verbose, logging.DEBUG)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``s3-retriever`` command."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    library = logging.getLogger("s3_retriever")
+    before = library.level
     try:
+        level = _log_level(args)
+        if level is not None:
+            library.setLevel(level)
+        logger.debug("arguments: %s", {k: v for k, v in vars(args).items() if k != "func"})
         return args.func(args)
     except (S3Error, ValueError, TypeError, KeyError, OSError) as e:
         # a user mistake or a refused file: one line, no traceback
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2
+    finally:
+        library.setLevel(before)  # main() may run in-process (tests, notebooks)
 
 
 if __name__ == "__main__":

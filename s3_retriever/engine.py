@@ -274,7 +274,8 @@ class S3Index:
                 the settings.
             filters: metadata conditions (:mod:`s3_retriever.retrieval.filters`):
                 ``{"key": value}``, ``{"key": [v1, v2]}`` or
-                ``{"key": {"$in"|"$nin"|"$eq"|"$ne": ...}}``; applied before ranking.
+                ``{"key": {"$gt": 2000}}``, nested ``$and`` / ``$or`` / ``$not`` (the whole
+                language is in ``docs/filters.md``); applied before ranking.
             doc_ids: restrict the search to these documents (unknown ids are ignored).
             fusion, fusion_weight, rrf_k: per-call overrides of the hybrid fusion settings.
 

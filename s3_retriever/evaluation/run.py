@@ -19,6 +19,7 @@ import dataclasses
 import gzip
 import itertools
 import json
+import logging
 import math
 import os
 import platform
@@ -66,6 +67,8 @@ from s3_retriever.generate import answer_from_spans
 from s3_retriever.model.loading import LoadedModel
 from s3_retriever.retrieval.packing import greedy_fill
 from s3_retriever.retrieval.spans import Span
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALL_RETRIEVERS",
@@ -343,7 +346,7 @@ def index_corpus(index: S3Index, documents: Mapping[str, Document], *,
             info.update(from_cache=True, documents=len(cached),
                         tokens=int(cached.index.n_tokens))
             return cached, info
-        print(f"index cache {cache} holds another corpus or setup; rescanning")
+        logger.info("index cache %s holds another corpus or setup; rescanning", cache)
     todo = [d for d in documents.values() if d.doc_id not in index.index]
     t = time.perf_counter()
     if todo:

@@ -2,6 +2,8 @@
 top-k encode kernel (:mod:`.kernels`) and the trainer (:mod:`.train`)."""
 
 from s3_retriever.sae.coder import SAEConfig, TopKSAE
-from s3_retriever.sae.io import load_saes, save_saes
+from s3_retriever.sae.io import export_sparsify, import_sparsify, load_saes, save_saes
 
-__all__ = ["SAEConfig", "TopKSAE", "load_saes", "save_saes"]
+__all__ = [
+    "SAEConfig", "TopKSAE", "export_sparsify", "import_sparsify", "load_saes", "save_saes",
+]

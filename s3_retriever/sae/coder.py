@@ -2,8 +2,8 @@
 
 :class:`TopKSAE` turns a ``head_dim`` vector into ``k`` latent ids + activations. Keys and
 queries share it; each stream is first divided by its own RMS norm (``key_scale`` /
-``query_scale``). On disk: a folder with ``cfg.json`` + ``sae.safetensors`` (the EleutherAI
-sparsify layout). The trainer lives in :mod:`s3_retriever.sae.train`.
+``query_scale``). On disk: a folder with ``cfg.json`` + ``sae.safetensors`` (the same file names as
+EleutherAI sparsify's, other tensor names; :mod:`s3_retriever.sae.io` converts). The trainer lives in :mod:`s3_retriever.sae.train`.
 
 >>> import torch
 >>> sae = TopKSAE(SAEConfig(d_in=8, num_latents=32, k=4, hookpoint="layers.0"))
@@ -147,6 +147,27 @@ def _scale_for(cfg: SAEConfig, kind: str | None) -> float:
     if kind == "query":
         return cfg.query_scale
     raise SAEError(f"kind must be one of {_KINDS}, got {kind!r}")
+
+def read_sae_folder(folder: Path) -> tuple[Any, bytes]:
+    """The parsed ``cfg.json`` and the ``sae.safetensors`` bytes of an SAE folder (this
+    package's layout and EleutherAI sparsify's use the same two names).
+
+    Raises:
+        SAEError: a file is missing or unreadable, or the config is not JSON.
+    """
+    cfg_path, w_path = folder / CFG_FILE, folder / WEIGHTS_FILE
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise SAEError(f"SAE file missing: {p}")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SAEError(f"{cfg_path}: corrupt SAE config ({e})") from None
+    try:
+        return cfg, w_path.read_bytes()
+    except OSError as e:
+        raise SAEError(f"{w_path}: unreadable ({e})") from None
+
 
 def _sparse_decode(ids: torch.Tensor, acts: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     """``sum_i acts[:, i] * W_dec[ids[:, i]]`` without materialising ``[n, k, d]``."""
@@ -370,13 +391,7 @@ class TopKSAE(torch.nn.Module):
         """
         folder = Path(folder)
         cfg_path, w_path = folder / CFG_FILE, folder / WEIGHTS_FILE
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise SAEError(f"SAE file missing: {p}")
-        try:
-            cfg_dict = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise SAEError(f"{cfg_path}: corrupt SAE config ({e})") from e
+        cfg_dict, data = read_sae_folder(folder)
         try:
             cfg = SAEConfig.from_dict(cfg_dict)
         except TypeError as e:
@@ -384,7 +399,7 @@ class TopKSAE(torch.nn.Module):
         except SAEError as e:
             raise SAEError(f"{cfg_path}: {e}") from e
         try:
-            tensors = st_load(w_path.read_bytes())
+            tensors = st_load(data)
         except Exception as e:  # safetensors raises its own error types for bad headers
             raise SAEError(f"{w_path}: corrupt or truncated safetensors file ({e})") from e
         expected = {

@@ -1,15 +1,18 @@
-"""The command line (index / search / ask / train-sae), SAE training, and one-line errors."""
+"""The command line (index / search / ask / train-sae / sae-convert), its global flags
+(--version, -v, --quiet, --filter), SAE training, and one-line errors."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
+import torch
 
-from s3_retriever import S3Index, SAEError
+from s3_retriever import S3Index, SAEError, __version__
 from s3_retriever.cli import main
 from s3_retriever.sae.coder import SAEConfig, TopKSAE
-from s3_retriever.sae.io import load_saes
+from s3_retriever.sae.io import import_sparsify, load_saes, save_saes
 from s3_retriever.sae.train import collect_qk, evaluate_sae, train_model_saes
 from tests.helpers import TEXTS, tiny_lm, tiny_saes
 
@@ -146,3 +149,169 @@ def test_train_model_saes_writes_loadable_saes(lm, tmp_path):
 def test_wrong_sae_for_the_model(lm):
     with pytest.raises(SAEError, match="d_in"):
         S3Index(lm, tiny_saes(layers=(17,)))  # 16-dim SAEs on a 64-dim model
+
+
+# ------------------------------------------------------------------ global flags, --filter
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"s3-retriever {__version__}"
+
+
+def _search_docs(capsys, argv) -> list[str]:
+    assert main(argv) == 0, capsys.readouterr().err
+    return [s["doc_id"] for s in json.loads(capsys.readouterr().out)]
+
+
+def test_search_and_ask_filters(index_dir, capsys):
+    folder, out = index_dir
+    capsys.readouterr()
+    src = [str(folder / f"doc{i}.txt") for i in range(3)]
+    q = [str(out), "Where was Marie Curie born?", "--json", "--k", "3"]
+    assert "doc0.txt" in _search_docs(capsys, ["search", *q])
+    # a plain value is a string; the Curie document is excluded by the filter
+    assert set(_search_docs(capsys, ["search", *q, "--filter", f"source={src[1]}"])) == {
+        "doc1.txt"}
+    # a JSON list: any of; several filters: all must hold
+    any_of = f"source={json.dumps(src[1:])}"
+    assert set(_search_docs(capsys, ["search", *q, "--filter", any_of])) <= {
+        "doc1.txt", "doc2.txt"}
+    assert set(_search_docs(capsys, ["search", *q, "--filter", any_of,
+                                     "--filter", f"source={src[2]}"])) == {"doc2.txt"}
+    assert _search_docs(capsys, ["search", *q, "--filter", f"source={src[0]}",
+                                 "--filter", f"source={src[1]}"]) == []  # AND, same key
+    assert _search_docs(capsys, ["search", *q, "--filter", "source=1867"]) == []  # JSON: int
+    assert main(["search", *q[:2], "--filter", "source=nowhere.txt"]) == 0
+    assert "no spans (no document matches --filter)" in capsys.readouterr().out
+    assert main(["ask", str(out), "Who wrote the Brandenburg Concertos?", "--budget", "80",
+                 "--max-new-tokens", "4", "--json", "--filter", f"source={src[2]}"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["spans"] and {s["doc_id"] for s in res["spans"]} == {"doc2.txt"}
+
+
+def test_flag_mistakes_are_one_line_errors(index_dir, tmp_path, capsys):
+    _, out = index_dir
+    capsys.readouterr()
+    cases = [
+        (["search", str(out), "x", "--filter", "source"], "expected KEY=VALUE"),
+        (["ask", str(out), "x", "--filter", "=x"], "expected KEY=VALUE"),
+        (["search", str(out), "x", "--filter", 'source={"$near": 1}'], "unknown operator"),
+        (["search", str(out), "x", "-v", "--quiet"], "--quiet and --verbose contradict"),
+        (["-v", "sae-convert", "--from", "s3", str(tmp_path), "--out", str(tmp_path / "o"),
+          "--quiet"], "--quiet and --verbose contradict"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in _error_line(capsys), argv
+
+
+def test_verbose_logs_the_library_and_quiet_hides_progress(index_dir, tmp_path, caplog,
+                                                           capfd):
+    folder, out = index_dir
+    library = logging.getLogger("s3_retriever")
+    before = library.level
+    q = [str(out), "Where was Marie Curie born?", "--k", "1"]
+
+    def cli_records(argv):
+        caplog.clear()
+        assert main(argv) == 0
+        assert library.level == before  # main() leaves the logging setup as it found it
+        return {(r.levelno, r.getMessage().split(":")[0]) for r in caplog.records
+                if r.name == "s3_retriever.cli"}
+
+    assert not cli_records(["search", *q])  # default: warnings only
+    info = cli_records(["-v", "search", *q])
+    assert (logging.INFO, "search") in info and not {lv for lv, _ in info} - {logging.INFO}
+    assert (logging.INFO, "search") in cli_records(["search", *q, "--verbose"])  # after too
+    assert (logging.DEBUG, "arguments") in cli_records(["search", *q, "-vv"])
+    assert (logging.DEBUG, "arguments") in cli_records(["-v", "search", *q, "-v"])
+    capfd.readouterr()
+    # third-party progress bars (transformers' "Loading weights") never print on a CLI call
+    assert main(["search", *q]) == 0
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "%|" not in err, err
+    # the scan's own bar prints unless --quiet, given before or after the subcommand
+    doc = str(folder / "doc0.txt")
+    assert main(["index", doc, "--out", str(tmp_path / "a")]) == 0
+    assert "scanning" in capfd.readouterr().err
+    for argv in (["--quiet", "index", doc, "--out", str(tmp_path / "b")],
+                 ["index", doc, "--out", str(tmp_path / "c"), "--quiet"]):
+        assert main(argv) == 0
+        err = capfd.readouterr().err
+        assert "scanning" not in err and "%|" not in err, err
+
+
+# ------------------------------------------------------------------ sae-convert
+def _some_saes() -> dict[str, TopKSAE]:
+    saes = {}
+    for layer in (2, 5):
+        cfg = SAEConfig(d_in=8, num_latents=32, k=4, hookpoint=f"layers.{layer}", layer=layer,
+                        key_scale=3.0, query_scale=0.5)
+        sae = TopKSAE(cfg, generator=torch.Generator().manual_seed(layer))
+        with torch.no_grad():
+            sae.b_enc.normal_(generator=torch.Generator().manual_seed(10 + layer))
+        saes[cfg.hookpoint] = sae
+    return saes
+
+
+def test_sae_convert_round_trip(tmp_path, capsys):
+    saes = _some_saes()
+    save_saes(saes, tmp_path / "ours")
+    (tmp_path / "ours" / "heads.json").write_text('{"heads": [["layers.2", 1, 1.0]]}')
+    assert main(["sae-convert", "--from", "s3", str(tmp_path / "ours"),
+                 "--out", str(tmp_path / "sp")]) == 0
+    assert "converted 2 SAE(s) (layers.2, layers.5)" in capsys.readouterr().out
+    sp = import_sparsify(tmp_path / "sp")
+    assert {h: s.content_hash() for h, s in sp.items()} == {
+        h: s.content_hash() for h, s in saes.items()}
+    assert main(["sae-convert", "--from", "sparsify", str(tmp_path / "sp"),
+                 "--out", str(tmp_path / "back")]) == 0
+    back = load_saes(tmp_path / "back")
+    x = torch.randn(7, 8, generator=torch.Generator().manual_seed(0))
+    for hp, sae in saes.items():
+        assert back[hp].content_hash() == sae.content_hash()
+        acts, ids = sae.encode(x, "key")
+        acts2, ids2 = back[hp].encode(x, "key")
+        assert torch.equal(ids, ids2) and torch.equal(acts, acts2)
+        assert torch.equal(sae.decode(acts, ids, "key"), back[hp].decode(acts2, ids2, "key"))
+    assert (tmp_path / "back" / "heads.json").read_text() == (
+        tmp_path / "ours" / "heads.json").read_text()
+    # scales and the layer of a sparsify SAE (which stores none) from the command line
+    assert main(["sae-convert", "--from", "sparsify", str(tmp_path / "sp" / "layers.5"),
+                 "--out", str(tmp_path / "one"), "--key-scale", "2", "--layer", "7"]) == 0
+    one = load_saes(tmp_path / "one")["layers.5"]
+    assert (one.cfg.key_scale, one.cfg.query_scale, one.cfg.layer) == (2.0, 0.5, 7)
+
+
+def test_sae_convert_refuses_outputs_and_inputs(tmp_path, capsys):
+    save_saes(_some_saes(), tmp_path / "ours")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    conv = ["sae-convert", "--from", "s3", str(tmp_path / "ours"), "--out"]
+    assert main([*conv, str(tmp_path / "sp")]) == 0
+    capsys.readouterr()
+    cases = [
+        ([*conv, str(tmp_path / "sp")], "exists; pass --overwrite"),
+        ([*conv, str(tmp_path / "mine"), "--overwrite"], "folder of other files"),
+        ([*conv, str(tmp_path / "mine" / "notes.txt"), "--overwrite"], "is a file"),
+        ([*conv, str(tmp_path / "x"), "--key-scale", "2"], "apply to --from sparsify"),
+        (["sae-convert", "--from", "sparsify", str(tmp_path / "ours"), "--out",
+          str(tmp_path / "x")], "an s3-retriever SAE folder"),
+        (["sae-convert", "--from", "s3", str(tmp_path / "sp"), "--out", str(tmp_path / "x")],
+         "an EleutherAI sparsify SAE"),
+        (["sae-convert", "--from", "sparsify", str(tmp_path / "mine"), "--out",
+          str(tmp_path / "x")], "no SAE found"),
+        (["sae-convert", "--from", "s3", str(tmp_path / "nope"), "--out",
+          str(tmp_path / "x")], "not found"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in _error_line(capsys), argv
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    assert not (tmp_path / "x").exists()
+    assert main([*conv, str(tmp_path / "sp"), "--overwrite"]) == 0
+    # in place: a folder converted onto itself (read whole before it is replaced)
+    assert main(["sae-convert", "--from", "sparsify", str(tmp_path / "sp"), "--out",
+                 str(tmp_path / "sp"), "--overwrite"]) == 0
+    assert set(load_saes(tmp_path / "sp")) == {"layers.2", "layers.5"}
