@@ -27,8 +27,17 @@ from s3_retriever.errors import (
     SAEError,
     UnknownDocumentError,
 )
-from s3_retriever.generate import Answer, generate_text
+from s3_retriever.generate import (
+    Answer,
+    Generation,
+    TextStream,
+    generate_reply,
+    generate_text,
+    generation_options,
+    stream_text,
+)
 from s3_retriever.model.loading import LoadedModel, load_model
+from s3_retriever.retrieval.filters import check as check_filters
 from s3_retriever.retrieval.spans import Span
 from s3_retriever.sae.coder import TopKSAE
 
@@ -36,8 +45,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANSWER_BUDGET_TOKENS", "Answer", "DEFAULT_K", "DEFAULT_MODEL", "EmptyIndexError",
-    "FUSIONS", "IndexFormatError", "IndexNotFoundError", "InvalidInputError", "LoadedModel",
-    "MAX_NEW_TOKENS", "MODES", "ModelLoadError", "OutputExistsError", "S3Error", "S3Index",
-    "S3Settings", "SAEError", "Span", "TopKSAE", "UnknownDocumentError", "generate_text",
-    "load_model", "storage",
+    "FUSIONS", "Generation", "IndexFormatError", "IndexNotFoundError", "InvalidInputError",
+    "LoadedModel", "MAX_NEW_TOKENS", "MODES", "ModelLoadError", "OutputExistsError", "S3Error", "S3Index",
+    "S3Settings", "SAEError", "Span", "TextStream", "TopKSAE", "UnknownDocumentError",
+    "check_filters", "generate_reply", "generate_text", "generation_options", "load_model",
+    "storage", "stream_text",
 ]

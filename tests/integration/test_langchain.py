@@ -250,12 +250,21 @@ def test_constructors_add_and_delete(lm, saes):
 
 
 def test_persistence_round_trip(lm, corpus_index, tmp_path):
-    r = S3Retriever.from_index(corpus_index, k=4, include_scores=True)
+    r = S3Retriever.from_index(corpus_index, k=4, include_scores=True, fusion_weight=0.3,
+                               filter={"$not": {"topic": "nature"}},
+                               search_kwargs={"budget_tokens": 400}, tags=["not saved"])
     path = r.save(tmp_path / "corpus.s3")
     with pytest.raises(OutputExistsError, match="pass overwrite=True"):
         r.save(path)
     assert r.save(path, overwrite=True) == path
-    loaded = S3Retriever.load(path, model=lm, k=4, include_scores=True)
+    assert sorted(p.name for p in path.iterdir()) == ["s3_index", "s3_retriever.json"]
+    loaded = S3Retriever.load(path, model=lm)  # the fields come back as saved
+    saved = ("k", "include_scores", "fusion_weight", "filter", "search_kwargs", "mode")
+    assert {f: getattr(loaded, f) for f in saved} == {f: getattr(r, f) for f in saved}
+    assert loaded.tags is None  # LangChain's run fields are not the retriever's settings
+    assert S3Retriever.load(path, model=lm, k=2).k == 2  # a keyword replaces a saved field
+    bare = S3Retriever.load(corpus_index.save(tmp_path / "bare.s3"), model=lm)
+    assert (bare.k, bare.filter, bare.include_scores) == (4, None, False)  # the defaults
     for kwargs in ({}, {"mode": "s3"}, {"mode": "bm25"}, {"filter": {"topic": "music"}}):
         a, b = r.invoke(QUESTION, **kwargs), loaded.invoke(QUESTION, **kwargs)
         assert _key(a) == _key(b)
@@ -325,8 +334,9 @@ def test_chat_model_generation_options(corpus_index):
     assert shorter.usage_metadata["output_tokens"] == 1
     cut = llm.invoke(msgs, stop=[msg.content[1:]])
     assert cut.content == msg.content[:1] and cut.response_metadata["finish_reason"] == "stop"
-    with pytest.raises(TypeError, match="unknown generation arguments"):
-        llm.invoke(msgs, temperature=0.5)
+    assert llm.invoke(msgs, temperature=0).content == msg.content  # a standard option: greedy
+    with pytest.raises(TypeError, match=r"unknown generation arguments \['top_k'\]"):
+        llm.invoke(msgs, top_k=5)
 
 
 def test_lcel_rag_chain_answers_from_retrieved_text(retriever):
@@ -400,6 +410,41 @@ def test_same_span_compares_equal_across_queries(corpus_index):
                                  weights=[0.5, 0.5], id_key="doc_id")
     docs = ensemble.invoke("Who composed the Brandenburg Concertos?")
     assert len({d.metadata["doc_id"] for d in docs}) == len(docs)
+
+
+def test_multi_query_and_ensemble_beside_a_vector_store(make_index):
+    """MultiQueryRetriever counts a span found by two phrasings once; an EnsembleRetriever
+    keyed on the caller's doc_id merges our spans with a vector store's chunks."""
+    from langchain_classic.retrievers import EnsembleRetriever, MultiQueryRetriever
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+    from langchain_core.language_models.fake import FakeListLLM
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    chunks = [Document("Johann Sebastian Bach composed the Brandenburg Concertos.",
+                       id="c1", metadata={"doc_id": "bach-bio"}),
+              Document("He worked in Leipzig for many years.", id="c2",
+                       metadata={"doc_id": "bach-bio"}),
+              Document("The Amazon river flows through Brazil.", id="c3",
+                       metadata={"doc_id": "amazon"})]
+    r = S3Retriever.from_index(make_index(), k=2, mode="bm25")
+    r.add_documents(chunks, show_progress=False)
+    phrasings = FakeListLLM(responses=["Who composed the Brandenburg Concertos?\n"
+                                       "Which composer wrote the Brandenburg Concertos?"])
+    multi = MultiQueryRetriever.from_llm(retriever=r, llm=phrasings)
+    docs = multi.invoke("Brandenburg Concertos composer")
+    one = r.invoke("Who composed the Brandenburg Concertos?")
+    two = r.invoke("Which composer wrote the Brandenburg Concertos?")
+    assert one[0] == two[0] and one[0] in docs
+    assert len(docs) == len({d.id for d in one + two})  # each span once
+
+    store = InMemoryVectorStore(DeterministicFakeEmbedding(size=16))
+    store.add_documents(chunks)
+    ensemble = EnsembleRetriever(retrievers=[r, store.as_retriever(search_kwargs={"k": 2})],
+                                 weights=[0.5, 0.5], id_key="doc_id")
+    merged = ensemble.invoke("Who composed the Brandenburg Concertos?")
+    assert merged and all(d.metadata["doc_id"] in {"bach-bio", "amazon"} for d in merged)
+    assert len({d.metadata["doc_id"] for d in merged}) == len(merged)
+    assert [d.metadata["doc_id"] for d in r.invoke("Where did Bach work?")][:1] == ["bach-bio"]
 
 
 def test_search_kwargs_and_async_ingestion(make_index):

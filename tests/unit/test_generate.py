@@ -176,3 +176,85 @@ def test_answer_from_spans_on_a_tiny_model(tiny):
     assert isinstance(ans.text, str) and "\n" not in ans.text
     assert [s.id for s in ans.spans] == ["b:0-5", "b:10-20", "a:0-5"]
     assert ans.prompt_tokens == len(prompt_ids(tiny, build_messages("Where?", ans.spans)))
+
+
+# ---------------------------------------------------------------- options, streaming
+def test_generation_options_merge_alias_and_check():
+    opts = gen.generation_options({"max_tokens": 32, "stop": "\n", "temperature": 0.5},
+                                  {"temperature": 0, "max_new_tokens": 4})
+    assert opts == {"max_new_tokens": 4, "temperature": 0.0, "top_p": None, "stop": ["\n"],
+                    "timeout": None, "seed": None, "max_retries": 0}
+    assert gen.generation_options({})["max_new_tokens"] == gen.MAX_NEW_TOKENS
+    with pytest.raises(InvalidInputError, match=r"unknown generation arguments \['top_k'\]"):
+        gen.generation_options({}, {"top_k": 3})
+    with pytest.raises(InvalidInputError, match="not both"):
+        gen.generation_options({"max_tokens": 3, "max_new_tokens": 3})
+    for bad, match in [({"max_tokens": 0}, "max_tokens must be a positive integer, got 0"),
+                       ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
+                       ({"max_tokens": True}, "max_tokens must be a positive integer"),
+                       ({"temperature": -0.1}, "temperature must be >= 0"),
+                       ({"temperature": float("nan")}, "temperature must be a finite"),
+                       ({"top_p": 0}, r"top_p must be in \(0, 1\]"),
+                       ({"stop": [""]}, "non-empty"), ({"stop": [1]}, "list of str"),
+                       ({"timeout": 0}, "timeout must be > 0"), ({"seed": "1"}, "seed"),
+                       ({"max_retries": -1}, "max_retries")]:
+        with pytest.raises(InvalidInputError, match=match):
+            gen.generation_options(bad)
+
+
+def _feed(reply, pieces, final=False):
+    raw, out = "", []
+    for i, piece in enumerate(pieces):
+        raw += piece
+        out.append(reply.update(raw, final=final and i == len(pieces) - 1))
+    return out
+
+
+def test_reply_text_gives_out_only_what_cannot_change():
+    r = gen._Reply(("STOP",))
+    # leading space dropped; a trailing space and a possible stop start wait; the stop cuts
+    assert _feed(r, ["  Hel", "lo ", "wor", "ld S", "TO", "P more"]) == \
+        ["Hel", "lo", " wor", "ld", "", ""]
+    assert r.text == "Hello world" and r.stopped
+    r = gen._Reply(("STOP",))
+    assert _feed(r, ["a ST", "ay"]) == ["a", " STay"]  # a false start is given out
+    r = gen._Reply(())  # a character cut in two bytes decodes as U+FFFD until complete
+    assert [r.update("caf"), r.update("caf\ufffd"), r.update("café  "),
+            r.update("café  ", final=True)] == ["caf", "", "é", ""]
+    assert r.text == "café" and not r.stopped
+    r = gen._Reply(("\n", "##"))  # the earliest stop string wins
+    assert _feed(r, ["x ## y\n"]) == ["x"] and r.text == "x"
+
+
+def test_stream_text_equals_generate_reply_on_a_tiny_model(tiny):
+    msgs = build_messages("Who?", [Span("d", 0, 4, "Bach", 1.0)])
+    reply = gen.generate_reply(tiny, msgs, max_new_tokens=6)
+    stream = gen.stream_text(tiny, msgs, max_new_tokens=6)
+    assert stream.prompt_tokens == reply.prompt_tokens == len(prompt_ids(tiny, msgs))
+    assert stream.generation is None
+    assert "".join(stream) == stream.text == reply.text
+    assert stream.generation == reply and 1 <= reply.output_tokens <= 6
+    assert reply.finish_reason == ("length" if reply.output_tokens == 6 else "stop")
+    assert generate_text(tiny, msgs, max_new_tokens=6) == (reply.text, reply.prompt_tokens)
+    assert list(stream) == []  # exhausted
+
+
+def test_seeded_sampling_repeats_on_a_tiny_model(tiny):
+    msgs = build_messages("Who?", [])
+    a = gen.generate_reply(tiny, msgs, max_new_tokens=5, temperature=1.0, top_p=0.9, seed=1)
+    assert gen.generate_reply(tiny, msgs, max_new_tokens=5, temperature=1.0, top_p=0.9,
+                              seed=1) == a
+    assert "".join(gen.stream_text(tiny, msgs, max_new_tokens=5, temperature=1.0, top_p=0.9,
+                                   seed=1)) == a.text
+
+
+def test_stream_text_checks_its_arguments_at_once(tiny, monkeypatch):
+    calls = _spy_generate(tiny, monkeypatch)
+    with pytest.raises(InvalidInputError, match="max_new_tokens"):
+        gen.stream_text(tiny, build_messages("Q?", []), max_new_tokens=0)
+    with pytest.raises(InvalidInputError, match="exceeds the model's context"):
+        gen.stream_text(tiny, build_messages("Q?", [Span("d", 0, 1, "word " * 1200, 1.0)]))
+    stream = gen.stream_text(tiny, build_messages("Q?", []), max_new_tokens=2)
+    stream.close()  # closed before the first token: nothing generated
+    assert list(stream) == [] and stream.generation is None
+    assert calls == []
