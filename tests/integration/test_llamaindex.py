@@ -20,13 +20,12 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.retrievers import BaseRetriever, QueryFusionRetriever
 from llama_index.core.schema import MetadataMode, NodeRelationship, QueryBundle, TextNode
 from llama_index.core.vector_stores.types import (
-    FilterCondition,
     FilterOperator,
     MetadataFilter,
     MetadataFilters,
 )
 
-from s3_retriever import EmptyIndexError, OutputExistsError, S3Index
+from s3_retriever import OutputExistsError, S3Index
 from tests.helpers import assert_grounded
 
 pytestmark = pytest.mark.model
@@ -83,7 +82,7 @@ def retriever(s3index):
     return S3Retriever(s3index, similarity_top_k=3)
 
 
-def check_nodes(hits, index: S3Index):
+def check_nodes(hits, index: S3Index, scores_in_metadata: bool = False):
     """The node contract: ids, exact offsets, SOURCE, metadata, ordered finite scores."""
     assert hits
     scores = [h.score for h in hits]
@@ -100,7 +99,8 @@ def check_nodes(hits, index: S3Index):
         assert node.relationships[NodeRelationship.SOURCE].metadata == meta
         for key, value in meta.items():
             assert node.metadata[key] == value
-        assert {"s3_score", "bm25_score"} <= set(node.metadata)
+        assert ({"s3_score", "bm25_score"} <= set(node.metadata)) == scores_in_metadata
+        assert not {"s3_score", "bm25_score"} & set(node.source_node.metadata)
         for mode in (MetadataMode.LLM, MetadataMode.EMBED):
             content = node.get_content(metadata_mode=mode)
             assert "s3_score" not in content and "bm25_score" not in content
@@ -153,10 +153,13 @@ def test_budget_and_modes(s3index):
     with pytest.raises(ValueError, match="budget_tokens"):
         r.budget_tokens = None  # top k is None: a budget is required
 
-    bm25 = S3Retriever(s3index, similarity_top_k=2, mode="bm25").retrieve(QUESTION)
+    bm25 = S3Retriever(s3index, similarity_top_k=2, mode="bm25",
+                       include_scores=True).retrieve(QUESTION)
+    check_nodes(bm25, s3index, scores_in_metadata=True)
     assert bm25[0].node.metadata["s3_score"] is None
     assert bm25[0].node.metadata["bm25_score"] > 0
-    s3 = S3Retriever(s3index, similarity_top_k=2, mode="s3").retrieve(QUESTION)
+    s3 = S3Retriever(s3index, similarity_top_k=2, mode="s3",
+                     include_scores=True).retrieve(QUESTION)
     assert s3[0].node.metadata["bm25_score"] is None
     assert s3[0].node.metadata["s3_score"] is not None
     with pytest.raises(ValueError, match="mode"):
@@ -200,8 +203,18 @@ def test_bad_input(retriever, lm, saes):
     with pytest.raises(ValueError, match="budget_tokens"):
         S3Retriever(retriever.index, budget_tokens=0)
     empty = S3Retriever.from_model(lm, saes=saes)
-    with pytest.raises(EmptyIndexError):
-        empty.retrieve(QUESTION)
+    assert empty.retrieve(QUESTION) == []  # as a vector store: nothing indexed, nothing found
+    assert asyncio.run(empty.aretrieve(QUESTION)) == []
+    with pytest.raises(ValueError, match="empty"):  # the arguments are still checked
+        empty.retrieve(" ")
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        empty.retrieve(QUESTION, similarity_top_k=0)
+    with pytest.raises(TypeError, match=r"unknown retrieve arguments \['k'\]"):
+        retriever.retrieve(QUESTION, k=2)
+    with pytest.raises(ValueError, match="fusion"):
+        S3Retriever(retriever.index, fusion="learned")
+    with pytest.raises(ValueError, match="include_scores"):
+        S3Retriever(retriever.index, include_scores="yes")
 
 
 # --------------------------------------------------------------------------- filters
@@ -241,13 +254,9 @@ def test_filters_that_match_nothing_and_unsupported(s3index):
     none = MetadataFilters(filters=[MetadataFilter(key="kind", value="bio"),
                                     MetadataFilter(key="kind", value="geo")])
     assert S3Retriever(s3index, filters=none).retrieve(QUESTION) == []
-    with pytest.raises(ValueError, match="GT"):
+    with pytest.raises(ValueError, match="one value"):
         S3Retriever(s3index, filters=MetadataFilters(filters=[
-            MetadataFilter(key="year", value=2000, operator=FilterOperator.GT)]))
-    with pytest.raises(ValueError, match="AND"):
-        S3Retriever(s3index, filters=MetadataFilters(filters=[
-            MetadataFilter(key="kind", value="bio"), MetadataFilter(key="kind", value="geo")],
-            condition=FilterCondition.OR))
+            MetadataFilter(key="kind", value=["bio"], operator=FilterOperator.CONTAINS)]))
     with pytest.raises(ValueError, match="list"):
         S3Retriever(s3index, filters=MetadataFilters(filters=[
             MetadataFilter(key="kind", value="bio", operator=FilterOperator.IN)]))
@@ -304,7 +313,7 @@ def test_persistence_round_trip(s3index, lm, tmp_path):
     (theirs / "s3_retriever.json").write_text('{"mine": true}')
     (theirs / "s3_index").mkdir()
     (theirs / "s3_index" / "notes.txt").write_text("mine")
-    with pytest.raises(OutputExistsError, match="not a file S3Retriever.persist wrote"):
+    with pytest.raises(OutputExistsError, match="not a retriever settings file"):
         r.persist(theirs)
     (theirs / "s3_retriever.json").unlink()
     with pytest.raises(OutputExistsError, match="folder of other files"):
@@ -324,15 +333,139 @@ def test_persistence_round_trip(s3index, lm, tmp_path):
     assert len(over.retrieve(QUESTION)) == 1
     with pytest.raises(ValueError, match="unknown retriever settings"):
         S3Retriever.from_persist_dir(store, model=lm, top_k=3)
-    with pytest.raises(FileNotFoundError, match="persist dir"):
+    with pytest.raises(FileNotFoundError, match="neither a saved retriever"):
         S3Retriever.from_persist_dir(tmp_path / "missing", model=lm)
-    with pytest.raises(FileNotFoundError, match="neither s3_retriever.json nor an index"):
+    with pytest.raises(FileNotFoundError, match="neither a saved retriever"):
         S3Retriever.from_persist_dir(tmp_path, model=lm)
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
+        r.save(store)  # save, unlike persist, does not replace unless asked
+    # what the LangChain adapter saved is not read as LlamaIndex settings
+    from langchain_s3 import S3Retriever as LangChainRetriever
+
+    lc = LangChainRetriever.from_index(s3index, k=2).save(tmp_path / "lc")
+    with pytest.raises(ValueError, match="saved by the 'langchain' adapter"):
+        S3Retriever.load(lc, model=lm)
+    assert len(S3Retriever.load(lc / "s3_index", model=lm).index) == len(DOCS)
 
     # A bare index folder (S3Index.save / the CLI) opens with default retriever settings.
     bare = S3Retriever.from_persist_dir(store / "s3_index", model=lm)
     assert (bare.similarity_top_k, bare.budget_tokens, bare.mode, bare.filters) == \
         (4, None, None, None)
+
+
+# --------------------------------------------------------------------------- lineage
+BOOK = ("The lighthouse keeper lit the lamp every evening at dusk. The ships passed safely "
+        "through the narrow strait.\n\n"
+        "In 1902 a storm destroyed the old harbour wall. The town rebuilt it with granite "
+        "from the northern quarry.\n\n"
+        "The secret code word of the harbour master was Zanzibar. He told it only to his "
+        "daughter, who kept it in a locked drawer.\n\n"
+        "Fishing boats left before sunrise and came back at noon with cod and herring.")
+
+
+def test_chunks_from_an_ingestion_pipeline_keep_their_lineage(lm, saes):
+    from llama_index.core.ingestion import IngestionPipeline
+    from llama_index.core.node_parser import SentenceSplitter
+    from llama_index.retrievers.s3 import LINEAGE_KEY, S3Retriever
+
+    book = Document(text=BOOK, id_="book-1", metadata={"author": "Ada", "path": "/b.txt"},
+                    excluded_llm_metadata_keys=["path"])
+    splitter = SentenceSplitter(chunk_size=40, chunk_overlap=0,
+                                tokenizer=lambda t: lm.tokenizer.encode(t))
+    chunks = IngestionPipeline(transformations=[splitter]).run(documents=[book])
+    assert len(chunks) > 2 and all(c.ref_doc_id == "book-1" for c in chunks)
+    assert chunks[-1].start_char_idx > 0
+    r = S3Retriever.from_documents(chunks, model=lm, saes=saes, similarity_top_k=6,
+                                   show_progress=False)
+    assert len(r.index) == len(chunks)  # the caller's ids:
+    assert [r.index.get_document(c.node_id).doc_id for c in chunks] == [c.node_id for c in chunks]
+    hits = r.retrieve("What was the harbour master's secret code word?")
+    assert any("Zanzibar" in h.node.text for h in hits)
+    later = [h for h in hits if h.node.start_char_idx > 0]
+    assert later  # results from later chunks: offsets shifted into the book
+    for h in hits:
+        node = h.node
+        assert node.ref_doc_id == node.source_node.node_id == "book-1"
+        assert node.parent_node.node_id in {c.node_id for c in chunks}
+        assert BOOK[node.start_char_idx:node.end_char_idx] == node.text
+        assert node.metadata == book.metadata and LINEAGE_KEY not in node.metadata
+        assert "/b.txt" not in node.get_content(metadata_mode=MetadataMode.LLM)
+        assert "Ada" in node.get_content(metadata_mode=MetadataMode.LLM)
+        assert "\n\n" not in node.text  # spans stop at paragraph breaks
+    with pytest.raises(ValueError, match="reserved"):
+        r.add_nodes([TextNode(text="x", metadata={LINEAGE_KEY: 1})])
+
+
+def test_same_span_is_the_same_node_and_fusion_dedups_it(s3index, llm):
+    from llama_index.retrievers.s3 import S3Retriever
+
+    r = S3Retriever(s3index, similarity_top_k=4)
+    a = {h.node.node_id: h.node for h in r.retrieve(QUESTION)}
+    b = {h.node.node_id: h.node for h in r.retrieve("Which code word does the captain know?")}
+    shared = set(a) & set(b)
+    assert shared  # the memo's span, found by both phrasings
+    for node_id in shared:  # equal nodes, whatever the query: fusion's dedup key agrees
+        assert a[node_id].hash == b[node_id].hash
+        assert a[node_id].get_content(MetadataMode.ALL) == b[node_id].get_content(MetadataMode.ALL)
+
+    retrievers = [r, S3Retriever(s3index, similarity_top_k=4, mode="bm25")]
+    hybrid, bm25 = ({h.node.node_id: h.node for h in x.retrieve(QUESTION)} for x in retrievers)
+    overlap = set(hybrid) & set(bm25)
+    assert overlap and all(hybrid[i].hash == bm25[i].hash for i in overlap)
+    hits = QueryFusionRetriever(retrievers, llm=llm, num_queries=1, mode="simple",
+                                similarity_top_k=10, use_async=False).retrieve(QUESTION)
+    ids = [h.node.node_id for h in hits]
+    assert len(ids) == len(set(ids)) == len(set(hybrid) | set(bm25))  # each span once
+    # why scores are not in the metadata by default: they make the same span differ
+    with_scores = S3Retriever(s3index, similarity_top_k=4, include_scores=True)
+    scored = {h.node.node_id: h.node for h in with_scores.retrieve(QUESTION)}
+    assert any(scored[i].hash != hybrid[i].hash for i in overlap)
+
+
+def test_one_surface_with_the_langchain_adapter(lm, saes):
+    """The constructors, per-call options, progress default and async ingestion that the
+    LangChain S3Retriever has, under LlamaIndex's names."""
+    import inspect
+
+    from langchain_s3 import S3Retriever as LangChainRetriever
+    from llama_index.retrievers.s3 import S3Retriever
+
+    for name in ("from_model", "from_texts", "from_documents", "from_index", "load", "save",
+                 "add_texts", "add_documents", "aadd_texts", "aadd_documents", "delete",
+                 "adelete"):
+        assert hasattr(S3Retriever, name) and hasattr(LangChainRetriever, name), name
+    for name in ("add_texts", "add_documents", "from_model"):
+        for cls in (S3Retriever, LangChainRetriever):
+            assert inspect.signature(getattr(cls, name)).parameters[
+                "show_progress"].default is True
+
+    texts = [t for t, _ in DOCS.values()]
+    r = S3Retriever.from_model(lm, texts=texts[:2], metadatas=[m for _, m in DOCS.values()][:2],
+                               ids=list(DOCS)[:2], saes=saes, similarity_top_k=3,
+                               fusion="rrf", rrf_k=10, mode="hybrid", show_progress=False)
+    assert r.index.settings.fusion == "rrf" and r.index.settings.rrf_k == 10  # index settings
+    assert asyncio.run(r.aadd_texts(texts[2:], ids=list(DOCS)[2:], show_progress=False)) == \
+        list(DOCS)[2:]
+    assert asyncio.run(r.aadd_documents([Document(text="Owls hunt at night.", id_="owl")],
+                                        show_progress=False)) == ["owl"]
+    asyncio.run(r.adelete(["owl"]))
+    assert len(r.index) == len(DOCS)
+    # per-call options, as LangChain's invoke(q, k=..., filter=...)
+    one = r.retrieve(QUESTION, similarity_top_k=1)
+    assert len(one) == 1 and len(r.retrieve(QUESTION)) == 3
+    bio = MetadataFilters(filters=[MetadataFilter(key="kind", value="bio")])
+    assert _docs_of(r.retrieve(QUESTION, filters=bio)) <= {"curie", "bach"}
+    assert _docs_of(asyncio.run(r.aretrieve(QUESTION, doc_ids=["bach"]))) == {"bach"}
+    # the fusion overrides change the ranking's scores, not the index
+    weighted = S3Retriever.from_index(r.index, fusion="linear", fusion_weight=1.0,
+                                      similarity_top_k=3)
+    s3_only = S3Retriever.from_index(r.index, mode="s3", similarity_top_k=3)
+    assert [h.node.node_id for h in weighted.retrieve(QUESTION)] == \
+        [h.node.node_id for h in s3_only.retrieve(QUESTION)]
+    with pytest.raises(TypeError, match="unknown arguments"):
+        S3Retriever.from_model(lm, saes=saes, k=3)
+    with pytest.raises(ValueError, match="metadatas and ids go with texts"):
+        S3Retriever.from_model(lm, saes=saes, ids=["a"])
 
 
 # --------------------------------------------------------------------------- LLM

@@ -45,7 +45,9 @@ from s3_retriever import (
     S3Index,
     S3Settings,
     Span,
+    check_filters,
 )
+from s3_retriever.adapters import open_retriever, save_retriever, source_offset
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 
@@ -55,6 +57,9 @@ _FUSION_FIELDS = ("fusion", "fusion_weight", "rrf_k")
 _SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(S3Settings))
 # keys LangChain's own invoke() may leave in the keyword arguments it forwards
 _IGNORED_KWARGS = frozenset({"verbose"})
+_ADAPTER = "langchain"
+_SAVED_FIELDS = ("k", "budget_tokens", "mode", "filter", "fusion", "fusion_weight", "rrf_k",
+                 "include_scores", "search_kwargs")
 
 
 def span_to_document(span: Span, *, include_scores: bool = False) -> Document:
@@ -63,6 +68,8 @@ def span_to_document(span: Span, *, include_scores: bool = False) -> Document:
     When the indexed text was itself a chunk with an integer ``start_index`` in its
     metadata (``RecursiveCharacterTextSplitter(add_start_index=True)``), the span's
     ``start_index`` / ``end_index`` are in the original document's coordinates.
+    ``doc_id`` is the indexed document's id unless its metadata already has a ``doc_id``
+    (the source id a pipeline put there, kept as is).
 
     Example:
         >>> d = span_to_document(Span("c1", 4, 35, "Marie Curie was born in Warsaw.", 0.9,
@@ -74,10 +81,9 @@ def span_to_document(span: Span, *, include_scores: bool = False) -> Document:
         (False, 0.5)
     """
     metadata = dict(span.metadata)
-    base = metadata.get("start_index", 0)
-    base = base if isinstance(base, int) and not isinstance(base, bool) else 0
-    metadata.update(doc_id=span.doc_id, start_index=base + span.start_char,
-                    end_index=base + span.end_char)
+    base = source_offset(metadata, "start_index")
+    metadata.setdefault("doc_id", span.doc_id)  # the caller's own doc_id key wins
+    metadata.update(start_index=base + span.start_char, end_index=base + span.end_char)
     if include_scores:
         metadata.update(score=float(span.score), s3_score=span.s3_score,
                         bm25_score=span.bm25_score)
@@ -112,7 +118,8 @@ class S3Retriever(BaseRetriever):
         budget_tokens: stop when the spans fill this many tokens (None: no budget).
         mode: ``"hybrid"``, ``"s3"`` or ``"bm25"``; None uses the index's setting.
         filter: metadata conditions: ``{"key": value}``, ``{"key": [v1, v2]}`` or
-            ``{"key": {"$eq"|"$ne"|"$in"|"$nin": ...}}``; documents that do not match are
+            ``{"key": {"$gt": 2000}}``, nested ``$and`` / ``$or`` / ``$not`` (Chroma and
+            PGVector syntax; see ``docs/filters.md``); documents that do not match are
             excluded before ranking.
         fusion, fusion_weight, rrf_k: hybrid fusion overrides (None: the index's settings).
         include_scores: add ``score``, ``s3_score`` and ``bm25_score`` to each result's
@@ -145,6 +152,8 @@ class S3Retriever(BaseRetriever):
         if self.k is None and self.budget_tokens is None:
             raise ValueError("give k, budget_tokens or both")
         self._call_options(dict(self.search_kwargs))  # unknown keys fail at construction
+        if self.filter is not None:
+            check_filters(self.filter, "filter")  # a filter the engine would refuse fails here, not later
         return self
 
     # ------------------------------------------------------------------ constructors
@@ -228,16 +237,19 @@ class S3Retriever(BaseRetriever):
     def load(cls, path: str | os.PathLike, *, model: str | LoadedModel | None = None,
              device: str | None = None, dtype: str | None = None,
              **kwargs: Any) -> S3Retriever:
-        """Open an index saved with :meth:`save` (verified) and wrap it.
+        """Open a retriever saved with :meth:`save` (the index verified), its fields as
+        they were saved; ``path`` may also be a bare index folder (``S3Index.save``, the
+        CLI), which gets default fields.
 
         Args:
-            path: the index folder.
+            path: the folder given to :meth:`save`, or an index folder.
             model: the model to use (default: the one named in the index); it must be the
                 model the index was built with.
-            **kwargs: retriever fields (``k``, ``mode``, ``filter``, ...).
+            **kwargs: retriever fields (``k``, ``mode``, ``filter``, ...) that replace the
+                saved ones.
 
         Raises:
-            FileNotFoundError: no index folder at ``path``.
+            FileNotFoundError: nothing saved at ``path``.
             s3_retriever.IndexFormatError: a corrupt index or a different model.
 
         Example:
@@ -247,7 +259,9 @@ class S3Retriever(BaseRetriever):
             >>> r.invoke("Where did Bach live?")[0].page_content
             'Bach lived in Leipzig.'
         """
-        return cls(index=S3Index.load(path, model=model, device=device, dtype=dtype), **kwargs)
+        index_dir, fields = open_retriever(path, adapter=_ADAPTER)
+        index = S3Index.load(index_dir, model=model, device=device, dtype=dtype)
+        return cls(index=index, **{**fields, **kwargs})
 
     # ------------------------------------------------------------------ index upkeep
     def add_texts(self, texts: Iterable[str],
@@ -318,18 +332,19 @@ class S3Retriever(BaseRetriever):
         await run_in_executor(None, self.delete, ids)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Save the index to the folder ``path``, atomically (see ``S3Index.save``): a new or
-        empty folder, or an index saved before when ``overwrite=True``.
-
-        Only the index is saved (its settings included); retriever fields such as ``k`` or
-        ``filter`` are given again to :meth:`load`.
+        """Save the retriever to the folder ``path``: the index in ``path/s3_index``
+        (atomic, see ``S3Index.save``) and the retriever's fields (``k``, ``filter``, ...)
+        in ``path/s3_retriever.json``, so :meth:`load` gives it back as it was. Replacing
+        a retriever saved there before needs ``overwrite=True``; other files are kept.
 
         Example:
             >>> retriever = S3Retriever.from_texts(["Marie Curie was born in Warsaw."])
             >>> retriever.save("notes.s3")
             PosixPath('notes.s3')
         """
-        return self.index.save(path, overwrite=overwrite)
+        fields = self.model_dump(include=set(_SAVED_FIELDS))
+        return save_retriever(self.index, path, adapter=_ADAPTER, settings=fields,
+                              overwrite=overwrite)
 
     # ------------------------------------------------------------------ retrieval
     def _call_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:

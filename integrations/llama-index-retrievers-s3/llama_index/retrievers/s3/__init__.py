@@ -8,11 +8,17 @@ Example:
     ...     documents=[Document(text="The secret code word is Zanzibar.")])
     >>> engine = RetrieverQueryEngine.from_args(
     ...     retriever, llm=S3LocalLLM(retriever.index.lm))
-    >>> print(engine.query("What is the secret code word?"))
-    The secret code word is Zanzibar.
+    >>> response = engine.query("What is the secret code word?")
+    >>> response.source_nodes[0].node.text  # the evidence (the reply's wording varies)
+    'The secret code word is Zanzibar.'
 """
 
-from llama_index.retrievers.s3.base import S3Retriever, span_to_node, to_engine_filters
+from llama_index.retrievers.s3.base import (
+    LINEAGE_KEY,
+    S3Retriever,
+    span_to_node,
+    to_engine_filters,
+)
 from llama_index.retrievers.s3.llm import S3LocalLLM
 
-__all__ = ["S3Retriever", "S3LocalLLM", "span_to_node", "to_engine_filters"]
+__all__ = ["LINEAGE_KEY", "S3LocalLLM", "S3Retriever", "span_to_node", "to_engine_filters"]
