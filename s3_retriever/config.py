@@ -139,6 +139,30 @@ class S3Settings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def search_options(self, query: Any, k: Any, budget_tokens: Any, mode: Any, fusion: Any,
+                       fusion_weight: Any, rrf_k: Any) -> tuple[str, str, float, int]:
+        """Check a search's arguments and resolve its ``(mode, fusion, fusion_weight,
+        rrf_k)`` against these settings (None: the setting): one rule for every searcher
+        (an index, a sharded index).
+
+        Raises:
+            InvalidInputError: an empty or non-str query, ``k`` / ``budget_tokens`` not
+                positive integers (or both None), an unknown mode or fusion, a weight
+                outside [0, 1], a bad ``rrf_k``.
+        """
+        if isinstance(query, str) and not query.strip():
+            raise InvalidInputError("query is empty")
+        validate.text(query, "query")
+        validate.optional_positive_int(k, "k")
+        validate.optional_positive_int(budget_tokens, "budget_tokens")
+        if k is None and budget_tokens is None:
+            raise InvalidInputError("give k, budget_tokens or both")
+        return (validate.choice(mode or self.mode, MODES, "mode"),
+                validate.choice(fusion or self.fusion, FUSIONS, "fusion"),
+                validate.fraction(self.fusion_weight if fusion_weight is None
+                                  else fusion_weight, "fusion_weight"),
+                validate.positive_int(self.rrf_k if rrf_k is None else rrf_k, "rrf_k"))
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> S3Settings:
         """Settings from a dict (unknown names refused), validated."""

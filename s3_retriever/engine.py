@@ -31,9 +31,7 @@ from s3_retriever.config import (
     ANSWER_BUDGET_TOKENS,
     DEFAULT_K,
     DEFAULT_MODEL,
-    FUSIONS,
     MAX_NEW_TOKENS,
-    MODES,
     S3Settings,
     chunk_tokens_for,
     span_tokens_for,
@@ -55,7 +53,7 @@ from s3_retriever.retrieval import filters as filter_rules
 from s3_retriever.retrieval.fusion import fuse
 from s3_retriever.retrieval.packing import best_spans
 from s3_retriever.retrieval.scan import Scanner, question_queries
-from s3_retriever.retrieval.scoring import resolve_heads, token_scores
+from s3_retriever.retrieval.scoring import Normaliser, resolve_heads, token_scores
 from s3_retriever.retrieval.spans import Span
 from s3_retriever.retrieval.units import SentenceUnits
 from s3_retriever.sae.coder import TopKSAE
@@ -244,21 +242,36 @@ class S3Index:
             rows = sorted(self.index.row_of(d) for d in wanted if d in self.index)
         return [r for r in rows if not filters or filter_rules.matches(docs[r].metadata, filters)]
 
-    def _s3_units(self, query: str, rows: list[int], per_head: bool = False
+    def _s3_units(self, query: str | Mapping[str, torch.Tensor], rows: list[int],
+                  per_head: bool = False, *, normaliser: Normaliser | None = None,
+                  features: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                  scorer: str | None = None, window: int | None = None
                   ) -> tuple[np.ndarray | None, np.ndarray]:
-        """(per-head unit scores [H, U] or None, the weighted S3 unit scores [U])."""
+        """(per-head unit scores [H, U] or None, the weighted S3 unit scores [U]).
+
+        ``query``: the question, or its queries already encoded
+        (:func:`~s3_retriever.retrieval.scan.question_queries`). A shard of a sharded index
+        passes those with the whole index's ``normaliser`` / ``features`` statistics and
+        the driver's ``scorer`` and smoothing ``window`` (default: this index's settings).
+        """
         if not rows:
             return (np.zeros((len(self.heads), 0)) if per_head else None), np.zeros(0)
-        queries = question_queries(self.lm, query, sorted({h.hookpoint for h in self.heads}))
+        queries = (question_queries(self.lm, query, self._hookpoints()) if isinstance(query, str)
+                   else dict(query))
         scores = token_scores(self.index, rows, queries, self.saes, self.heads,
-                              scorer=self.settings.scorer,
-                              max_df_fraction=self.settings.max_df_fraction, per_head=per_head)
-        window = self.settings.smooth_window
+                              scorer=scorer or self.settings.scorer,
+                              max_df_fraction=self.settings.max_df_fraction, per_head=per_head,
+                              normaliser=normaliser, features=features)
+        window = self.settings.smooth_window if window is None else window
         if not per_head:
             return None, self.units.s3_scores(rows, scores, window)
         w = np.asarray([h.weight for h in self.heads])
         head = np.stack([self.units.s3_scores(rows, row, window) for row in scores])
         return head, self.units.s3_scores(rows, w @ scores, window)
+
+    def _hookpoints(self) -> list[str]:
+        """The hookpoints whose queries a search encodes."""
+        return sorted({h.hookpoint for h in self.heads})
 
     def search(self, query: str, k: int | None = DEFAULT_K, budget_tokens: int | None = None,
                mode: str | None = None, filters: Mapping[str, Any] | None = None,
@@ -283,19 +296,8 @@ class S3Index:
             :class:`~s3_retriever.retrieval.spans.Span` objects whose ``text`` is exactly
             ``document[start_char:end_char]``.
         """
-        if isinstance(query, str) and not query.strip():
-            raise InvalidInputError("query is empty")
-        validate.text(query, "query")
-        validate.optional_positive_int(k, "k")
-        validate.optional_positive_int(budget_tokens, "budget_tokens")
-        if k is None and budget_tokens is None:
-            raise InvalidInputError("give k, budget_tokens or both")
-        mode = validate.choice(mode or self.settings.mode, MODES, "mode")
-        fusion = validate.choice(fusion or self.settings.fusion, FUSIONS, "fusion")
-        fusion_weight = validate.fraction(
-            self.settings.fusion_weight if fusion_weight is None else fusion_weight,
-            "fusion_weight")
-        rrf_k = validate.positive_int(self.settings.rrf_k if rrf_k is None else rrf_k, "rrf_k")
+        mode, fusion, fusion_weight, rrf_k = self.settings.search_options(
+            query, k, budget_tokens, mode, fusion, fusion_weight, rrf_k)
         with self._lock:
             if len(self.index) == 0:
                 raise EmptyIndexError("the index is empty: add documents before searching")

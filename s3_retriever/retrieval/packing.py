@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,8 @@ from s3_retriever.retrieval.spans import (
 )
 from s3_retriever.text.sentences import paragraph_breaks
 
-__all__ = ["best_spans", "greedy_fill", "pack_spans", "select_for_packing"]
+__all__ = ["best_spans", "build_spans", "greedy_fill", "grow_and_pack", "grow_document",
+           "pack_spans", "select_for_packing", "unit_min_tokens"]
 
 
 def greedy_fill(lengths: Sequence[int] | np.ndarray, budget: int | None, *,
@@ -146,6 +147,13 @@ def select_for_packing(
     return np.sort(order[greedy_fill(nt[order], budget_tokens, k=k)])
 
 
+#: What growing one document gives :func:`grow_and_pack`: its spans ``(first unit, end
+#: unit, seed score)`` from :func:`~s3_retriever.retrieval.spans.grow_spans`, and their
+#: ``start_char`` and token counts from
+#: :func:`~s3_retriever.retrieval.spans.grown_span_keys`.
+Grown = tuple[list[tuple[int, int, float]], np.ndarray, np.ndarray]
+
+
 def best_spans(docs: Sequence[Any], units: Any, rows: Sequence[int], ranked: np.ndarray, *,
                s3_scores: np.ndarray | None, bm25_scores: np.ndarray | None, span_tokens: int,
                k: int | None = None, budget_tokens: int | None = None,
@@ -164,25 +172,84 @@ def best_spans(docs: Sequence[Any], units: Any, rows: Sequence[int], ranked: np.
     (aligned with ``ranked``) are reported on the spans when given. Spans stop at blank
     lines (paragraph breaks) unless ``cross_paragraphs``.
     """
-
-    def grow(j: int) -> list[tuple[int, int, float]]:
-        rec, (a, b) = docs[rows[j]], ranges[j]
-        return grow_spans(ranked[offsets[j]:offsets[j] + n_units[j]], rec.sentences,
-                          units.tokens[a:b], span_tokens=span_tokens,
-                          breaks=None if cross_paragraphs else
-                          paragraph_breaks(rec.text, rec.sentences))
-
     ranges = [units.doc_range(r) for r in rows]
     n_units = np.fromiter((b - a for a, b in ranges), np.int64, len(rows))
     offsets = np.cumsum(n_units) - n_units
+    min_tokens = unit_min_tokens(units, rows)
+
+    def grow(js: list[int]) -> list[Grown]:
+        return [grow_document(docs[rows[j]], units, rows[j],
+                              ranked[offsets[j]:offsets[j] + n_units[j]],
+                              span_tokens=span_tokens, cross_paragraphs=cross_paragraphs)
+                for j in js]
+
+    def build(picks: list[tuple[int, list[tuple[int, int, float]]]]) -> list[Span]:
+        out: list[Span] = []
+        for j, mine in picks:
+            sl = slice(offsets[j], offsets[j] + n_units[j])
+            out += build_spans(docs[rows[j]], units, rows[j], mine,
+                               None if s3_scores is None else s3_scores[sl],
+                               None if bm25_scores is None else bm25_scores[sl])
+        return out
+
+    return grow_and_pack(ranked, n_units, min_tokens, grow, build, k=k,
+                         budget_tokens=budget_tokens)
+
+
+def unit_min_tokens(units: Any, rows: Sequence[int]) -> np.ndarray:
+    """The token count of the smallest unit of each document row (0 for none)."""
+    ranges = [units.doc_range(r) for r in rows]
+    n_units = np.fromiter((b - a for a, b in ranges), np.int64, len(rows))
+    out = np.zeros(len(rows), np.int64)
+    has = np.flatnonzero(n_units > 0)
+    if has.size:
+        tokens = np.concatenate([units.tokens[a:b] for a, b in ranges])
+        out[has] = np.minimum.reduceat(tokens, (np.cumsum(n_units) - n_units)[has])
+    return out
+
+
+def grow_document(rec: Any, units: Any, row: int, ranked: np.ndarray, *, span_tokens: int,
+                  cross_paragraphs: bool = False) -> Grown:
+    """Grow the spans of one document (its record ``rec``, table row ``row``) from its
+    units' ``ranked`` scores, with their packing keys."""
+    a, b = units.doc_range(row)
+    g = grow_spans(ranked, rec.sentences, units.tokens[a:b], span_tokens=span_tokens,
+                   breaks=None if cross_paragraphs else
+                   paragraph_breaks(rec.text, rec.sentences))
+    st, nt = grown_span_keys(rec.sentences, units.token_unit(row), g)
+    return g, st, nt
+
+
+def build_spans(rec: Any, units: Any, row: int, grown: list[tuple[int, int, float]],
+                s3_scores: np.ndarray | None, bm25_scores: np.ndarray | None) -> list[Span]:
+    """The :class:`Span` objects of some of one document's grown spans (scores: its
+    units')."""
+    return spans_for_document(rec.doc_id, rec.text, rec.sentences, units.token_unit(row),
+                              grown, s3_scores=s3_scores, bm25_scores=bm25_scores,
+                              metadata=rec.metadata)
+
+
+def grow_and_pack(ranked: np.ndarray, n_units: np.ndarray, min_tokens: np.ndarray,
+                  grow: Callable[[list[int]], list[Grown]],
+                  build: Callable[[list[tuple[int, list[tuple[int, int, float]]]]], list[Span]],
+                  *, k: int | None = None, budget_tokens: int | None = None) -> list[Span]:
+    """The loop of :func:`best_spans`, wherever the documents live.
+
+    ``ranked`` holds the unit scores of the candidate documents (``n_units`` each, in
+    document position order), ``min_tokens`` each one's smallest unit. ``grow(js)`` grows
+    the documents at positions ``js`` (a list, best first) and returns one :data:`Grown`
+    each; ``build(picks)`` makes the spans of ``picks`` (``(position, chosen grown
+    spans)``, by position) in that order. One process calls them on its own documents;
+    a sharded index sends each shard the positions it holds.
+    """
+    n_units = np.asarray(n_units, np.int64)
+    offsets = np.cumsum(n_units) - n_units
     score = np.where(np.isnan(ranked), -np.inf, np.asarray(ranked, np.float64))
-    doc_max = np.full(len(rows), -np.inf)
-    doc_min_tokens = np.zeros(len(rows), np.int64)
+    doc_max = np.full(len(n_units), -np.inf)
+    doc_min_tokens = np.asarray(min_tokens, np.int64)
     has = np.flatnonzero(n_units > 0)
     if has.size:
         doc_max[has] = np.maximum.reduceat(score, offsets[has])
-        tokens = np.concatenate([units.tokens[a:b] for a, b in ranges])
-        doc_min_tokens[has] = np.minimum.reduceat(tokens, offsets[has])
     order = np.argsort(-doc_max, kind="stable")
     order = order[doc_max[order] > -np.inf]
     # the smallest unit of any document from position i of ``order`` on: a lower bound
@@ -194,11 +261,9 @@ def best_spans(docs: Sequence[Any], units: Any, rows: Sequence[int], ranked: np.
     keys: list[tuple[float, int, int, int, int, int]] = []  # score, row pos, start, n, j, g
     done, batch = 0, 8
     while True:
-        for j in order[done:done + batch].tolist():
-            r = rows[j]
-            g = grow(j)
+        js = order[done:done + batch].tolist()
+        for j, (g, st, nt) in zip(js, grow(js) if js else []):
             grown[j] = g
-            st, nt = grown_span_keys(docs[r].sentences, units.token_unit(r), g)
             keys += [(sc, j, int(a), int(n), j, i)
                      for i, ((_, _, sc), a, n) in enumerate(zip(g, st, nt))]
         done = min(done + batch, len(order))
@@ -206,27 +271,19 @@ def best_spans(docs: Sequence[Any], units: Any, rows: Sequence[int], ranked: np.
         if done == len(order) or _settled(keys, doc_max[order[done]], suffix_min[done], k,
                                           budget_tokens):
             break
-    spans: list[Span] = []
     picked = _pick(keys, k, budget_tokens)
     if picked is None or (not picked and keys):
         # budget smaller than every span, or missing token bounds: build everything and
         # let pack_spans report (or pack) exactly as it always has
-        for j in order[done:].tolist():
-            grown[j] = grow(j)
+        rest = order[done:].tolist()
+        for j, (g, _, _) in zip(rest, grow(rest) if rest else []):
+            grown[j] = g
         chosen_ids = {(j, i) for j, g in grown.items() for i in range(len(g))}
     else:
         chosen_ids = {(key[4], key[5]) for key in picked}
-    for j in sorted(grown):
-        r, rec = rows[j], docs[rows[j]]
-        mine = [g for i, g in enumerate(grown[j]) if (j, i) in chosen_ids]
-        if mine:
-            sl = slice(offsets[j], offsets[j] + n_units[j])
-            spans += spans_for_document(
-                rec.doc_id, rec.text, rec.sentences, units.token_unit(r), mine,
-                s3_scores=None if s3_scores is None else s3_scores[sl],
-                bm25_scores=None if bm25_scores is None else bm25_scores[sl],
-                metadata=rec.metadata)
-    return pack_spans(spans, k=k, budget_tokens=budget_tokens)
+    picks = [(j, mine) for j in sorted(grown)
+             if (mine := [g for i, g in enumerate(grown[j]) if (j, i) in chosen_ids])]
+    return pack_spans(build(picks) if picks else [], k=k, budget_tokens=budget_tokens)
 
 
 def _rank_keys(keys: list) -> list:

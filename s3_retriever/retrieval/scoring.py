@@ -147,10 +147,95 @@ class QueryPlan:
         return out
 
 
+#: A softmax normaliser per key stream: ``(top, total)``, the running max (float32) and the
+#: sum of ``exp(logit - top)`` (float64) of every query column over all scored positions.
+Normaliser = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _stream_logits(plan: QueryPlan, name: str, codes: dict[str, tuple[np.ndarray, np.ndarray]],
+                   bias: dict[str, np.ndarray], block: int):
+    """``s -> [block, W]`` logits of positions ``s:s + block`` for every head on ``name``."""
+    ids, acts = codes[name]
+    b = bias.get(name)
+
+    def logits(s: int) -> torch.Tensor:
+        return torch.from_numpy(plan.logits(name, ids[s:s + block], acts[s:s + block],
+                                            None if b is None else b[s:s + block]))
+    return logits
+
+
+def _partials(plan: QueryPlan, codes: dict[str, tuple[np.ndarray, np.ndarray]],
+              bias: dict[str, np.ndarray], n: int, block: int) -> Normaliser:
+    """Pass 1 of :func:`attention_scores`: per stream, the running max and sum of exp of each
+    query column over the ``n`` positions, ``block`` at a time."""
+    out: Normaliser = {}
+    for name, members in plan.streams.items():
+        logits = _stream_logits(plan, name, codes, bias, block)
+        width = sum(plan.cols[i].stop - plan.cols[i].start for i in members)
+        top = torch.full((width,), -math.inf)
+        total = torch.zeros(width, dtype=torch.float64)
+        for s in range(0, n, block):  # running max and sum of exp per column
+            lg = logits(s)
+            new_top = torch.maximum(top, lg.max(dim=0).values)
+            total = total * torch.exp(top - new_top).double() + \
+                torch.exp(lg - new_top).sum(dim=0).double()
+            top = new_top
+        out[name] = (top, total)
+    return out
+
+
+def combine_normalisers(parts: Sequence[Normaliser]) -> Normaliser:
+    """The normaliser of the union of the positions behind ``parts`` (e.g. one per shard):
+    per column the max of the maxima, and each part's sum rescaled to it -- the same update
+    pass 1 of :func:`attention_scores` applies from one block to the next.
+
+    Example:
+        >>> a = {"s": (torch.tensor([1.0]), torch.tensor([2.0], dtype=torch.float64))}
+        >>> b = {"s": (torch.tensor([-math.inf]), torch.tensor([0.0], dtype=torch.float64))}
+        >>> combine_normalisers([a, b])["s"][1].tolist()
+        [2.0]
+    """
+    out: Normaliser = {}
+    for part in parts:
+        for name, (t, s) in part.items():
+            if name not in out:
+                out[name] = (t.clone(), s.clone())
+                continue
+            top, total = out[name]
+            new_top = torch.maximum(top, t)
+            # rescaled in float64; a part without positions (max -inf, sum 0) adds nothing
+            old = torch.where(torch.isneginf(top), 0.0,
+                              torch.exp(top.double() - new_top.double()))
+            new = torch.where(torch.isneginf(t), 0.0, torch.exp(t.double() - new_top.double()))
+            out[name] = (new_top, total * old + s.double() * new)
+    return out
+
+
+def attention_partials(queries: dict[str, torch.Tensor],
+                       codes: dict[str, tuple[np.ndarray, np.ndarray]],
+                       saes: dict[str, TopKSAE], heads: list[HeadWeight],
+                       bias: dict[str, np.ndarray] | None = None, *,
+                       block: int = SCORE_BLOCK_TOKENS) -> Normaliser:
+    """Pass 1 of :func:`attention_scores` alone: the softmax normaliser of these positions.
+
+    A sharded search computes it per shard, merges the parts with
+    :func:`combine_normalisers` and hands the result back to every shard's
+    :func:`attention_scores` (``normaliser=``), so each shard's masses are shares of one
+    softmax over all shards' positions.
+    """
+    if not heads:
+        raise ValueError("no heads selected for scoring")
+    bias = bias or {}
+    plan = QueryPlan(queries, saes, heads, set(bias))
+    n = len(next(iter(codes.values()))[0])
+    return _partials(plan, codes, bias, n, block)
+
+
 def attention_scores(queries: dict[str, torch.Tensor], codes: dict[str, tuple[np.ndarray,
                      np.ndarray]], saes: dict[str, TopKSAE], heads: list[HeadWeight],
                      bias: dict[str, np.ndarray] | None = None, *, per_head: bool = False,
-                     block: int = SCORE_BLOCK_TOKENS) -> np.ndarray:
+                     block: int = SCORE_BLOCK_TOKENS,
+                     normaliser: Normaliser | None = None) -> np.ndarray:
     """Attention mass per haystack position, summed over heads with their weights
     (``per_head``: [n_heads, n], one unweighted row per head).
 
@@ -165,6 +250,9 @@ def attention_scores(queries: dict[str, torch.Tensor], codes: dict[str, tuple[np
         heads: which query heads, with weights.
         bias: stream name -> [n, m] exact ``mean_query . key`` columns; a head with a
             ``column`` uses the query-mean term from it.
+        normaliser: the softmax normaliser to divide by instead of these positions' own
+            (pass 1 is skipped): :func:`combine_normalisers` of every shard's
+            :func:`attention_partials`.
     """
     if not heads:
         raise ValueError("no heads selected for scoring")
@@ -172,24 +260,10 @@ def attention_scores(queries: dict[str, torch.Tensor], codes: dict[str, tuple[np
     plan = QueryPlan(queries, saes, heads, set(bias))
     n = len(next(iter(codes.values()))[0])
     out = np.zeros((len(heads), n), np.float32)
+    norm = _partials(plan, codes, bias, n, block) if normaliser is None else normaliser
     for name, members in plan.streams.items():
-        ids, acts = codes[name]
-        b = bias.get(name)
-
-        def logits(s: int, name: str = name, ids: np.ndarray = ids, acts: np.ndarray = acts,
-                   b: np.ndarray | None = b) -> torch.Tensor:
-            return torch.from_numpy(plan.logits(name, ids[s:s + block], acts[s:s + block],
-                                                None if b is None else b[s:s + block]))
-
-        width = sum(plan.cols[i].stop - plan.cols[i].start for i in members)
-        top = torch.full((width,), -math.inf)
-        total = torch.zeros(width, dtype=torch.float64)
-        for s in range(0, n, block):  # pass 1: running max and sum of exp per column
-            lg = logits(s)
-            new_top = torch.maximum(top, lg.max(dim=0).values)
-            total = total * torch.exp(top - new_top).double() + \
-                torch.exp(lg - new_top).sum(dim=0).double()
-            top = new_top
+        logits = _stream_logits(plan, name, codes, bias, block)
+        top, total = norm[name]
         inv = (1.0 / total).float()
         for s in range(0, n, block):  # pass 2: sum over query tokens of exp / normaliser
             lg = logits(s).sub_(top).exp_()
@@ -235,35 +309,82 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
+def _row_codes(store: Any, rows: Sequence[int], streams: Sequence[str]
+               ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
+    """The codes (and bias columns) of the tokens of document ``rows``, concatenated in row
+    order, per stream (views where one contiguous range suffices)."""
+    docs = store.docs
+    spans = [(docs[r].segment, docs[r].token_start, docs[r].token_end) for r in rows]
+    codes, bias = {}, {}
+    for name in streams:
+        parts_i, parts_a, parts_b = [], [], []
+        for seg, s, e in _contiguous(spans):
+            c = store.segments[seg].codes[name]
+            ids, acts = c.ids, c.acts
+            parts_i.append(ids[s:e])
+            parts_a.append(acts[s:e])
+            if name in store.segments[seg].bias:
+                parts_b.append(store.segments[seg].bias[name][s:e])
+        codes[name] = (_join(parts_i), _join(parts_a))
+        if parts_b:
+            bias[name] = _join(parts_b)
+    return codes, bias
+
+
+def feature_stats(doc_freq: np.ndarray, live_tokens: int, max_df_fraction: float
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(idf, pruned)`` of one stream from its feature document frequencies, as
+    :meth:`InvertedIndex.idf <s3_retriever.index.segments.InvertedIndex.idf>` and
+    :meth:`~s3_retriever.index.segments.InvertedIndex.pruned` compute them; a sharded index
+    passes the sums over its shards, so the co-activation scorer weighs features globally.
+
+    Example:
+        >>> idf, pruned = feature_stats(np.array([0, 3]), 3, 0.5)
+        >>> idf.astype(float).round(3).tolist(), pruned.tolist()
+        ([2.386, 1.0], [False, True])
+    """
+    df = np.asarray(doc_freq)
+    idf = (np.log((live_tokens + 1.0) / (df + 1.0)) + 1.0).astype(np.float32)
+    return idf, df > max_df_fraction * live_tokens
+
+
+def token_partials(store: Any, rows: Sequence[int], queries: dict[str, torch.Tensor],
+                   saes: dict[str, TopKSAE], heads: list[HeadWeight]) -> Normaliser:
+    """:func:`attention_partials` of the tokens of document ``rows`` of ``store``: this
+    store's share of a softmax normaliser (see :func:`token_scores`' ``normaliser``)."""
+    codes, bias = _row_codes(store, rows, sorted({hw.stream for hw in heads}))
+    return attention_partials(queries, codes, saes, heads, bias)
+
+
 def token_scores(store: Any, rows: Sequence[int], queries: dict[str, torch.Tensor],
                  saes: dict[str, TopKSAE], heads: list[HeadWeight], *,
                  scorer: str = "attention", max_df_fraction: float = 0.01,
-                 per_head: bool = False) -> np.ndarray:
+                 per_head: bool = False, normaliser: Normaliser | None = None,
+                 features: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+                 ) -> np.ndarray:
     """The S3 score of every token of the document ``rows`` of ``store`` (an
     :class:`~s3_retriever.index.segments.InvertedIndex`), concatenated in row order:
     ``[n]``, or with ``per_head`` ``[n_heads, n]`` unweighted attention masses (attention
-    scorer only)."""
+    scorer only).
+
+    ``normaliser`` (attention) and ``features`` (co-activation: stream -> ``(idf,
+    pruned)`` from :func:`feature_stats`) replace the statistics this store would compute
+    over its own tokens: a shard scores with those of the whole sharded index.
+    """
     docs = store.docs
     spans = [(docs[r].segment, docs[r].token_start, docs[r].token_end) for r in rows]
     streams = sorted({hw.stream for hw in heads})
     if scorer == "attention":
-        codes, bias = {}, {}
-        for name in streams:
-            parts_i, parts_a, parts_b = [], [], []
-            for seg, s, e in _contiguous(spans):
-                c = store.segments[seg].codes[name]
-                ids, acts = c.ids, c.acts
-                parts_i.append(ids[s:e])
-                parts_a.append(acts[s:e])
-                if name in store.segments[seg].bias:
-                    parts_b.append(store.segments[seg].bias[name][s:e])
-            codes[name] = (_join(parts_i), _join(parts_a))
-            if parts_b:
-                bias[name] = _join(parts_b)
-        flat = attention_scores(queries, codes, saes, heads, bias, per_head=per_head)
+        codes, bias = _row_codes(store, rows, streams)
+        flat = attention_scores(queries, codes, saes, heads, bias, per_head=per_head,
+                                normaliser=normaliser)
     else:
-        idf = {n: store.idf(n) for n in streams}
-        pruned = {n: store.pruned(n, max_df_fraction) for n in streams}
+        if features is None:
+            idf = {n: store.idf(n) for n in streams}
+            pruned = {n: store.pruned(n, max_df_fraction) for n in streams}
+        else:
+            idf = {n: features[n][0] for n in streams}
+            pruned = {n: features[n][1] for n in streams}
         weights = query_feature_weights(queries, saes, heads, idf, pruned)
         per_seg: dict[int, np.ndarray] = {}
         for seg in sorted({s for s, _, _ in spans}):

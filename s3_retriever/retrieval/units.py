@@ -4,7 +4,7 @@ the unit S3, BM25 and their fusion rank.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -209,9 +209,12 @@ class SentenceUnits:
         parts = [np.arange(*self._ranges[r]) for r in rows]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def bm25_scores(self, query: str) -> np.ndarray:
-        """The BM25 score of every unit (float64)."""
-        return np.asarray(self.bm25.scores(query), np.float64)
+    def bm25_scores(self, query: str, *, idf: Mapping[str, float] | None = None,
+                    avgdl: float | None = None) -> np.ndarray:
+        """The BM25 score of every unit (float64); ``idf`` / ``avgdl``: statistics of a
+        larger corpus to score with (see :meth:`BM25Index.scores
+        <s3_retriever.text.bm25.BM25Index.scores>`)."""
+        return np.asarray(self.bm25.scores(query, idf=idf, avgdl=avgdl), np.float64)
 
     def s3_scores(self, rows: Sequence[int], token_scores: np.ndarray,
                   window: int) -> np.ndarray:

@@ -12,14 +12,15 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 from rank_bm25 import BM25Okapi
 
-__all__ = ['STOPWORDS', 'BM25Index', 'tokenize']
+__all__ = ['STOPWORDS', 'BM25Index', 'okapi_idf', 'tokenize']
 
 
 STOPWORDS = frozenset(
@@ -53,6 +54,40 @@ def tokenize(text: str, *, stem: bool = True) -> list[str]:
             w = w[:-1]
         out.append(w)
     return out
+
+def okapi_idf(doc_freq: Mapping[str, int], n_passages: int, *, epsilon: float = 0.25
+              ) -> dict[str, float]:
+    """The IDF :class:`BM25Index` gives each term, from its passage frequencies alone:
+    rank_bm25's ``BM25Okapi`` IDF (negative values floored to ``epsilon * mean IDF``), then
+    clamped at 0.
+
+    ``doc_freq`` must list the terms in order of first appearance in the passages (the
+    mean IDF is summed in that order, as rank_bm25 does, so the values are bit-identical).
+    A sharded index passes the sums of its shards' :meth:`BM25Index.term_stats`, merged
+    in shard order, and gets the IDF of one index over all their passages.
+
+    Example:
+        >>> bm = BM25Index(["red apple", "green pear", "blue sky", "red car"])
+        >>> terms, df, n, _ = bm.term_stats()
+        >>> okapi_idf(dict(zip(terms, df.tolist())), n)["pear"] == bm.idf_of("pear")
+        True
+    """
+    if not doc_freq:
+        return {}
+    idf: dict[str, float] = {}
+    idf_sum = 0.0
+    negative = []
+    for term, freq in doc_freq.items():
+        value = math.log(n_passages - freq + 0.5) - math.log(freq + 0.5)
+        idf[term] = value
+        idf_sum += value
+        if value < 0:
+            negative.append(term)
+    eps = epsilon * (idf_sum / len(idf))
+    for term in negative:
+        idf[term] = eps
+    return {term: max(value, 0.0) for term, value in idf.items()}
+
 
 class BM25Index:
     """BM25 (Okapi) over a list of passages; query-time masking; top-k.
@@ -102,6 +137,7 @@ class BM25Index:
         n = len(self)
         self._idf = np.zeros(len(self._vocab))
         self._norm = np.ones(n)
+        self._norm_at: tuple[float, np.ndarray] | None = None
         self._indptr = np.zeros(len(self._vocab) + 1, dtype=np.int64)
         self._post_doc = np.zeros(0, dtype=np.int64)
         self._post_tf = np.zeros(0)
@@ -149,8 +185,8 @@ class BM25Index:
         for term, value in okapi.idf.items():
             idf[term] = value
         self._idf = np.maximum(idf, 0.0)
-        doc_len = np.diff(self._offsets).astype(np.float64)
-        self._norm = self.k1 * (1.0 - self.b + self.b * doc_len / okapi.avgdl)
+        self._norm = self._norm_for(okapi.avgdl)
+        self._norm_at = None
         # Postings: unique (term, passage) pairs with their term frequency, sorted by term.
         doc_of = np.repeat(np.arange(n, dtype=np.int64), np.diff(self._offsets))
         keys, tf = np.unique(self._ids * n + doc_of, return_counts=True)
@@ -158,6 +194,28 @@ class BM25Index:
         self._post_doc = keys % n
         self._post_tf = tf.astype(np.float64)
         self._indptr = np.concatenate(([0], np.cumsum(np.bincount(terms, minlength=v))))
+
+    def _norm_for(self, avgdl: float) -> np.ndarray:
+        """``k1 * (1 - b + b * length / avgdl)`` of every passage."""
+        doc_len = np.diff(self._offsets).astype(np.float64)
+        return self.k1 * (1.0 - self.b + self.b * doc_len / avgdl)
+
+    def term_stats(self) -> tuple[list[str], np.ndarray, int, int]:
+        """``(terms, passage frequencies, passages, total tokens)``: the statistics the IDF
+        and the average length come from; terms in order of first appearance.
+
+        Example:
+            >>> terms, df, n, length = BM25Index(["red apple", "red car"]).term_stats()
+            >>> terms, df.tolist(), n, length
+            (['red', 'apple', 'car'], [2, 1, 1], 2, 4)
+        """
+        df = np.diff(self._indptr).astype(np.int64)
+        return list(self._vocab), df, len(self), int(self._ids.size)
+
+    def idf_of(self, term: str) -> float:
+        """The IDF of ``term`` (0.0 for a term the passages do not hold)."""
+        t = self._vocab.get(term)
+        return 0.0 if t is None or t >= len(self._idf) else float(self._idf[t])
 
     def _check_mask(self, mask: np.ndarray | None) -> np.ndarray | None:
         if mask is None:
@@ -169,11 +227,17 @@ class BM25Index:
             )
         return m
 
-    def scores(self, query: str, mask: np.ndarray | None = None) -> np.ndarray:
+    def scores(self, query: str, mask: np.ndarray | None = None, *,
+               idf: Mapping[str, float] | None = None,
+               avgdl: float | None = None) -> np.ndarray:
         """One BM25 score per passage; ``-inf`` for passages outside ``mask``.
 
         The IDF always comes from the whole index; the mask only hides passages. A query
         without tokens (empty, or stopwords only) scores all zeros.
+
+        ``idf`` (term -> IDF, e.g. :func:`okapi_idf`; missing terms count 0) and ``avgdl``
+        replace this index's own statistics: a shard of a larger corpus scores its
+        passages exactly as one index over the whole corpus would.
 
         Example:
             >>> bm = BM25Index(["red apple", "green pear", "blue sky", "red car"])
@@ -182,14 +246,22 @@ class BM25Index:
         """
         m = self._check_mask(mask)
         out = np.zeros(len(self))
+        norm = self._norm
+        if avgdl is not None and self._ids.size:
+            if self._norm_at is None or self._norm_at[0] != avgdl:
+                self._norm_at = (avgdl, self._norm_for(avgdl))
+            norm = self._norm_at[1]
         for term, count in Counter(self.tokenizer(query)).items():
             t = self._vocab.get(term)
-            if t is None or t >= len(self._idf) or self._idf[t] == 0.0:
+            if t is None or t >= len(self._idf):
+                continue
+            w = self._idf[t] if idf is None else idf.get(term, 0.0)
+            if w == 0.0:
                 continue
             lo, hi = self._indptr[t], self._indptr[t + 1]
             docs, tf = self._post_doc[lo:hi], self._post_tf[lo:hi]
             # Passages are unique within one term's postings, so fancy += is safe.
-            out[docs] += count * self._idf[t] * tf * (self.k1 + 1.0) / (tf + self._norm[docs])
+            out[docs] += count * w * tf * (self.k1 + 1.0) / (tf + norm[docs])
         if m is not None:
             out[~m] = -np.inf
         return out
