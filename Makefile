@@ -30,7 +30,7 @@ $(VENV)/.core: $(VENV)/.torch pyproject.toml
 ADAPTERS := integrations/langchain-s3 integrations/llama-index-retrievers-s3
 
 $(VENV)/.dev-docs: $(VENV)/.core integrations/langchain-s3/pyproject.toml integrations/llama-index-retrievers-s3/pyproject.toml
-	$(PIP) install -q -e '.[dev,eval,docs,langchain,llamaindex]' $(addprefix -e ,$(ADAPTERS)) $(TORCH)
+	$(PIP) install -q -e '.[dev,eval,docs,langchain,llamaindex,ray]' $(addprefix -e ,$(ADAPTERS)) $(TORCH)
 	touch $@
 
 setup: $(VENV)/.core

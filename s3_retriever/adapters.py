@@ -27,6 +27,7 @@ from s3_retriever.errors import IndexNotFoundError, InvalidInputError, OutputExi
 from s3_retriever.storage import read_json, write_json
 
 if TYPE_CHECKING:
+    from s3_retriever.distributed.shards import ShardedIndex
     from s3_retriever.engine import S3Index
 
 #: The file beside the saved index that holds the retriever's settings.
@@ -86,7 +87,8 @@ def save_retriever(index: S3Index, folder: str | os.PathLike, *, adapter: str,
 
 def open_retriever(folder: str | os.PathLike, *, adapter: str) -> tuple[Path, dict[str, Any]]:
     """The index folder and the stored settings of a retriever saved by
-    :func:`save_retriever`; a bare index folder gives itself and ``{}``.
+    :func:`save_retriever`; a bare index folder (or a sharded index folder) gives itself
+    and ``{}``.
 
     Raises:
         IndexNotFoundError: ``folder`` holds neither.
@@ -94,6 +96,7 @@ def open_retriever(folder: str | os.PathLike, *, adapter: str) -> tuple[Path, di
             framework's adapter (whose settings do not carry over: open the index folder
             inside it instead).
     """
+    from s3_retriever.distributed.manifest import is_sharded_index
     from s3_retriever.engine import S3Index  # the engine imports the model stack
 
     folder = Path(folder)
@@ -113,10 +116,32 @@ def open_retriever(folder: str | os.PathLike, *, adapter: str) -> tuple[Path, di
         if not isinstance(settings, dict):
             raise ValueError(f"{settings_file}: settings must be a JSON object")
         return folder / INDEX_FOLDER, settings
-    if S3Index.exists(folder):
+    if S3Index.exists(folder) or is_sharded_index(folder):
         return folder, {}
     raise IndexNotFoundError(f"{folder}: neither a saved retriever ({RETRIEVER_FILE}) nor an "
                              "index")
+
+
+def load_index(path: str | os.PathLike, *, model: Any = None, device: str | None = None,
+               dtype: str | None = None) -> S3Index | ShardedIndex:
+    """Open the index at ``path``: an :class:`~s3_retriever.S3Index` folder, or a sharded
+    index folder (``shards.json``) as a :class:`~s3_retriever.distributed.shards.ShardedIndex`
+    searched in this process."""
+    from s3_retriever.distributed.manifest import is_sharded_index
+    from s3_retriever.distributed.shards import ShardedIndex
+    from s3_retriever.engine import S3Index
+
+    if is_sharded_index(path):
+        return ShardedIndex.load(path, model=model, device=device, dtype=dtype)
+    return S3Index.load(path, model=model, device=device, dtype=dtype)
+
+
+def is_index(obj: Any) -> bool:
+    """Whether the adapters can search ``obj``: an S3Index or a ShardedIndex."""
+    from s3_retriever.distributed.shards import ShardedIndex
+    from s3_retriever.engine import S3Index
+
+    return isinstance(obj, (S3Index, ShardedIndex))
 
 
 def source_offset(metadata: Mapping[str, Any], key: str) -> int:
@@ -128,5 +153,5 @@ def source_offset(metadata: Mapping[str, Any], key: str) -> int:
     return 0
 
 
-__all__ = ["INDEX_FOLDER", "RETRIEVER_FILE", "open_retriever", "save_retriever",
-           "source_offset"]
+__all__ = ["INDEX_FOLDER", "RETRIEVER_FILE", "is_index", "load_index", "open_retriever",
+           "save_retriever", "source_offset"]

@@ -2,8 +2,10 @@
 
 Example:
     s3-retriever index book.txt --out book.s3
+    s3-retriever index --ray --address auto --workers 8 corpus/*.txt --out corpus.s3
     s3-retriever search book.s3 "Who wrote the letter?" --k 3 --filter source=book.txt
     s3-retriever ask book.s3 "Who wrote the letter?" --budget 1024
+    s3-retriever search corpus.s3 "Who built the first engine?" --ray --address auto
     s3-retriever train-sae --layers 17 18 --out my_saes
     s3-retriever calibrate --layers 8-23 --questions 0-99 --out heads.json
     s3-retriever sae-convert --from sparsify their_saes --out my_saes
@@ -90,11 +92,53 @@ def _print_spans(spans, as_json: bool, filtered: bool = False) -> None:
         print("    " + " ".join(s.text.split()))
 
 
+def _check_ray_args(a: argparse.Namespace) -> None:
+    """The scale-out flags make sense only with --ray."""
+    given = [flag for flag, value in (("--address", a.address), ("--workers", a.workers),
+                                      ("--gpus-per-worker", a.gpus_per_worker),
+                                      ("--batch-size", a.batch_size),
+                                      ("--merge", a.merge or None)) if value is not None]
+    if given and not a.ray:
+        raise InvalidInputError(f"{', '.join(given)}: only with --ray (the distributed scan)")
+
+
+def cmd_index_ray(a: argparse.Namespace) -> int:
+    """``index --ray``: the scan runs on a Ray cluster, the result is a sharded index."""
+    from s3_retriever.distributed.manifest import read_manifest
+    from s3_retriever.distributed.scan import DEFAULT_BATCH_DOCS, index_corpus
+
+    texts, metas, ids = _read_texts(a)
+    if not texts:
+        raise InvalidInputError("nothing to index (all files empty)")
+    settings = {"chunk_tokens": a.chunk_tokens} if a.chunk_tokens else {}
+    workers = 2 if a.workers is None else a.workers
+    start = time.perf_counter()
+    out = index_corpus([{"text": t, "metadata": m, "id": i} for t, m, i in zip(texts, metas, ids)],
+                       a.out, model=a.model, saes=a.saes, workers=workers,
+                       gpus_per_worker=a.gpus_per_worker or 0,
+                       batch_size=a.batch_size or DEFAULT_BATCH_DOCS, address=a.address,
+                       overwrite=a.overwrite, show_progress=not a.quiet, merge=a.merge,
+                       device=a.device, dtype=a.dtype, **settings)
+    seconds = time.perf_counter() - start
+    if a.merge:
+        print(f"indexed {len(ids)} document(s) on {workers} Ray worker(s), merged -> {out} "
+              f"({seconds:.0f} s)")
+    else:
+        m = read_manifest(out)
+        print(f"indexed {m['documents']} document(s), {m['tokens']} tokens on {workers} Ray "
+              f"worker(s) -> {out} ({len(m['shards'])} shard(s), {seconds:.0f} s, "
+              f"{m['tokens'] / seconds:,.0f} tokens/s)")
+    return 0
+
+
 def cmd_index(a: argparse.Namespace) -> int:
     from s3_retriever import storage
     from s3_retriever.engine import S3Index
     from s3_retriever.index.persistence import INDEX_KIND
 
+    _check_ray_args(a)
+    if a.ray:
+        return cmd_index_ray(a)
     storage.check_target(a.out, INDEX_KIND, a.overwrite)  # before the (long) scan
     texts, metas, ids = _read_texts(a)
     if not texts:
@@ -165,10 +209,27 @@ def _check_search_args(a: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _load_index(a: argparse.Namespace) -> Any:
+    """The index at ``a.index``: an ordinary one, or a sharded one (``shards.json``) opened
+    in this process or, with ``--ray``, served by one Ray actor per shard."""
+    from s3_retriever.distributed.manifest import is_sharded_index
     from s3_retriever.engine import S3Index
 
     start = time.perf_counter()
-    index = S3Index.load(a.index, device=a.device, dtype=a.dtype)
+    if a.address is not None and not a.ray:
+        raise InvalidInputError("--address: only with --ray")
+    if a.ray and not is_sharded_index(a.index):
+        raise InvalidInputError(f"{a.index}: --ray serves a sharded index (a folder with "
+                                "shards.json, from `index --ray`); this is not one")
+    if a.ray:
+        from s3_retriever.distributed.serve import serve_sharded
+
+        index = serve_sharded(a.index, address=a.address, device=a.device, dtype=a.dtype)
+    elif is_sharded_index(a.index):
+        from s3_retriever.distributed.shards import ShardedIndex
+
+        index = ShardedIndex.load(a.index, device=a.device, dtype=a.dtype)
+    else:
+        index = S3Index.load(a.index, device=a.device, dtype=a.dtype)
     if not logger.isEnabledFor(logging.INFO):
         return index
     st = index.stats()
@@ -350,6 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--errors", choices=["strict", "replace"], default="strict",
                        help="replace: index undecodable bytes as U+FFFD instead of refusing")
 
+    def ray_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--ray", action="store_true",
+                       help="on Ray (pip install 's3-retriever[ray]'): index scans on Ray "
+                            "workers into a sharded index; search / ask serve a sharded "
+                            "index from one Ray actor per shard (docs/tutorials/ray.md)")
+        q.add_argument("--address", default=None,
+                       help="with --ray: the Ray cluster ('auto': the one `ray start` runs "
+                            "here; default: a new local Ray)")
+
     def overwrite_arg(q: argparse.ArgumentParser, what: str) -> None:
         q.add_argument("--overwrite", action="store_true",
                        help=f"replace {what} already at --out (never other files)")
@@ -364,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--saes", default=None, help="SAE folder (default: the shipped SAEs)")
     q.add_argument("--chunk-tokens", type=int, default=None)
     model_args(q)
+    ray_args(q)
+    q.add_argument("--workers", type=int, default=None,
+                   help="with --ray: scanning actors, each with its own model (default: 2)")
+    q.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="with --ray: GPUs Ray reserves for each worker (default: 0)")
+    q.add_argument("--batch-size", type=int, default=None,
+                   help="with --ray: documents per batch, one shard each (default: 64)")
+    q.add_argument("--merge", action="store_true",
+                   help="with --ray: merge the shards into one ordinary index at --out")
     q.set_defaults(func=cmd_index)
 
     for name, func, helptext in (("search", cmd_search, "print evidence spans"),
@@ -381,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "ask":
             q.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
         model_args(q)
+        ray_args(q)
         q.set_defaults(func=func)
 
     q = sub.add_parser("train-sae", help="train Top-k SAEs on a model's keys and queries")

@@ -63,7 +63,18 @@ class SAEError(S3Error, ValueError):
     """Any problem with an SAE: corrupt or missing file, bad config, shape or model mismatch."""
 
 
+class ScanError(S3Error, RuntimeError):
+    """A distributed scan failed or did not account for every document (the message says
+    which); the output folder holds no ``shards.json``."""
+
+
+class ShardUnavailableError(S3Error, RuntimeError):
+    """A shard's Ray actor died (or could not start) and its call could not be completed:
+    the search is abandoned rather than answered from the other shards."""
+
+
 __all__ = [
     "EmptyIndexError", "IndexFormatError", "IndexNotFoundError", "InvalidInputError",
-    "ModelLoadError", "OutputExistsError", "S3Error", "SAEError", "UnknownDocumentError",
+    "ModelLoadError", "OutputExistsError", "S3Error", "SAEError", "ScanError",
+    "ShardUnavailableError", "UnknownDocumentError",
 ]

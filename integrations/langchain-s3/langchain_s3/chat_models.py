@@ -42,12 +42,12 @@ from s3_retriever import (
     MAX_NEW_TOKENS,
     Generation,
     LoadedModel,
-    S3Index,
     generate_reply,
     generation_options,
     load_model,
     stream_text,
 )
+from s3_retriever.adapters import is_index
 from s3_retriever.generate import prompt_ids
 
 _ROLES = {"system", "user", "assistant"}
@@ -184,10 +184,11 @@ class ChatS3(BaseChatModel):
             >>> llm.lm is retriever.index.lm
             True
         """
-        if not isinstance(index, S3Index):
+        if not is_index(index):
             index = getattr(index, "index", None)
-        if not isinstance(index, S3Index):
-            raise TypeError("from_index takes an S3Index or a retriever holding one")
+        if not is_index(index):
+            raise TypeError("from_index takes an S3Index (or ShardedIndex) or a retriever "
+                            "holding one")
         return cls(model=index.lm, **kwargs)
 
     @property

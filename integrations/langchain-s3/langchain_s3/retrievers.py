@@ -47,7 +47,8 @@ from s3_retriever import (
     Span,
     check_filters,
 )
-from s3_retriever.adapters import open_retriever, save_retriever, source_offset
+from s3_retriever.adapters import load_index, open_retriever, save_retriever, source_offset
+from s3_retriever.distributed.shards import ShardedIndex
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 
@@ -136,7 +137,7 @@ class S3Retriever(BaseRetriever):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    index: InstanceOf[S3Index] = Field(exclude=True, repr=False)
+    index: InstanceOf[S3Index] | InstanceOf[ShardedIndex] = Field(exclude=True, repr=False)
     k: PositiveInt | None = DEFAULT_K
     budget_tokens: PositiveInt | None = None
     mode: Literal[MODES] | None = None  # type: ignore[valid-type]  (one definition)
@@ -224,8 +225,9 @@ class S3Retriever(BaseRetriever):
         return cls.from_model(model, documents=documents, **kwargs)
 
     @classmethod
-    def from_index(cls, index: S3Index, **kwargs: Any) -> S3Retriever:
-        """A retriever over an existing index (shared, not copied).
+    def from_index(cls, index: S3Index | ShardedIndex, **kwargs: Any) -> S3Retriever:
+        """A retriever over an existing index (shared, not copied): an ``S3Index`` or a
+        read-only ``ShardedIndex`` (in-process or served by Ray actors).
 
         Example:
             >>> from s3_retriever import S3Index
@@ -260,7 +262,7 @@ class S3Retriever(BaseRetriever):
             'Bach lived in Leipzig.'
         """
         index_dir, fields = open_retriever(path, adapter=_ADAPTER)
-        index = S3Index.load(index_dir, model=model, device=device, dtype=dtype)
+        index = load_index(index_dir, model=model, device=device, dtype=dtype)
         return cls(index=index, **{**fields, **kwargs})
 
     # ------------------------------------------------------------------ index upkeep

@@ -67,7 +67,15 @@ from s3_retriever import (
     check_filters,
     validate,
 )
-from s3_retriever.adapters import INDEX_FOLDER, RETRIEVER_FILE, open_retriever, save_retriever
+from s3_retriever.adapters import (
+    INDEX_FOLDER,
+    RETRIEVER_FILE,
+    is_index,
+    load_index,
+    open_retriever,
+    save_retriever,
+)
+from s3_retriever.distributed.shards import ShardedIndex
 
 #: Span metadata keys added to results with ``include_scores=True``; hidden from the LLM
 #: and embedding views.
@@ -402,8 +410,9 @@ class S3Retriever(BaseRetriever):
         object_map: dict | None = None,
         verbose: bool = False,
     ) -> None:
-        if not isinstance(index, S3Index):
-            raise TypeError(f"index must be an S3Index, got {type(index).__name__}")
+        if not is_index(index):
+            raise TypeError(f"index must be an S3Index or a ShardedIndex, got "
+                            f"{type(index).__name__}")
         self._index = index
         self._budget_tokens: int | None = None
         self._top_k: int | None = DEFAULT_K
@@ -420,8 +429,8 @@ class S3Retriever(BaseRetriever):
 
     # ----------------------------------------------------------------- settings
     @property
-    def index(self) -> S3Index:
-        """The underlying :class:`~s3_retriever.S3Index`."""
+    def index(self) -> S3Index | ShardedIndex:
+        """The underlying :class:`~s3_retriever.S3Index` (or ``ShardedIndex``)."""
         return self._index
 
     @property
@@ -584,8 +593,9 @@ class S3Retriever(BaseRetriever):
         return cls.from_model(model, documents=documents, **kwargs)
 
     @classmethod
-    def from_index(cls, index: S3Index, **kwargs: Any) -> S3Retriever:
-        """A retriever over an existing index (shared, not copied).
+    def from_index(cls, index: S3Index | ShardedIndex, **kwargs: Any) -> S3Retriever:
+        """A retriever over an existing index (shared, not copied): an ``S3Index`` or a
+        read-only ``ShardedIndex``.
 
         Example:
             >>> from s3_retriever import S3Index
@@ -623,7 +633,7 @@ class S3Retriever(BaseRetriever):
             ...     documents=[Document(text="Bach worked in Leipzig.")], mode="hybrid")
         """
         to_add = list(nodes or [])
-        if index is not None and not isinstance(index, S3Index):
+        if index is not None and not is_index(index):
             docstore = getattr(index, "docstore", None)
             if docstore is None:
                 raise TypeError(f"index must be an S3Index or a LlamaIndex index with a "
@@ -845,7 +855,7 @@ class S3Retriever(BaseRetriever):
         args = {k: stored[k] for k in _PERSISTED if k in stored}
         args["filters"] = _filters_from_json(args.get("filters"))
         args.update(overrides)
-        index = S3Index.load(index_dir, model=model, device=device, dtype=dtype)
+        index = load_index(index_dir, model=model, device=device, dtype=dtype)
         return cls(index, callback_manager=callback_manager, **args)
 
     from_persist_dir = load  # the LlamaIndex name
