@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from s3_retriever.evaluation.data import Document, Evidence
+from s3_retriever.retrieval.fusion import fuse
 from s3_retriever.retrieval.packing import greedy_fill
 from s3_retriever.text.bm25 import BM25Index
 from s3_retriever.text.sentences import split_sentences
@@ -37,6 +38,7 @@ from s3_retriever.text.sentences import split_sentences
 __all__ = [
     "BM25Retriever",
     "DenseRetriever",
+    "EnsembleRetriever",
     "Hit",
     "OracleRetriever",
     "Passage",
@@ -262,6 +264,7 @@ class DenseRetriever(_PassageRetriever):
         self._faiss = faiss
         self.index = faiss.IndexFlatIP(vectors.shape[1])
         self.index.add(vectors)
+        self._vectors = vectors  # for scores() of given rows (the ensemble's fusion)
 
     def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
         """Unit-norm float32 embeddings, one row per text (longest texts batched first)."""
@@ -291,6 +294,11 @@ class DenseRetriever(_PassageRetriever):
         """Bytes held by the vector index (float32 vectors)."""
         return int(self.index.ntotal) * int(self.index.d) * 4
 
+    def scores(self, question: str, rows: Sequence[int]) -> np.ndarray:
+        """The cosine similarity of ``question`` to the passages ``rows`` (float64)."""
+        q = self.encode([question])[0]
+        return (self._vectors[np.asarray(rows, dtype=np.int64)] @ q).astype(np.float64)
+
     def retrieve(self, question: str, doc_ids: Iterable[str] | None = None,
                  k: int | None = None, *, qid: str | None = None) -> list[Hit]:
         """Passages ranked by cosine similarity to ``question``."""
@@ -310,6 +318,51 @@ class DenseRetriever(_PassageRetriever):
             scores, labels = self.index.search(q, n, params=params)
         keep = labels[0] >= 0
         return self._hits(labels[0][keep].tolist(), scores[0][keep].tolist(), None)
+
+
+class EnsembleRetriever(_PassageRetriever):
+    """BM25 and dense retrieval over the same passages, fused: the stack RAG users run
+    today (LangChain's ``EnsembleRetriever``, LlamaIndex's ``QueryFusionRetriever``).
+
+    ``fusion="rrf"``: reciprocal-rank fusion with ``rrf_k=60`` and equal weights, as
+    ``EnsembleRetriever`` does, over each retriever's full ranking of the candidate passages
+    (an ensemble whose retrievers return every passage: its best case). ``"linear"``:
+    min-max normalised scores, ``weight`` the dense share. The fusion is the engine's own
+    (:func:`~s3_retriever.retrieval.fusion.fuse`), so S3's hybrid and this baseline fuse
+    by the same rule.
+
+    Args:
+        passages: the passages to index.
+        fusion, weight, rrf_k: how the two rankings are fused.
+        bm25, dense: already built retrievers over the same passages to share (default:
+            built here).
+        show_progress: a tqdm bar while encoding the passages.
+    """
+
+    def __init__(self, passages: Sequence[Passage], *, fusion: str = "rrf",
+                 weight: float = 0.5, rrf_k: float = 60.0,
+                 bm25: BM25Retriever | None = None, dense: DenseRetriever | None = None,
+                 show_progress: bool = True):
+        super().__init__(passages)
+        for other in (bm25, dense):
+            if other is not None and other.passages != self.passages:
+                raise ValueError("the shared retrievers must index the same passages")
+        self.fusion, self.weight, self.rrf_k = fusion, float(weight), float(rrf_k)
+        fuse(np.zeros(1), np.zeros(1), method=fusion, weight=self.weight,
+             rrf_k=self.rrf_k)  # a bad setting fails here
+        self.bm25 = bm25 or BM25Retriever(self.passages)
+        self.dense = dense or DenseRetriever(self.passages, show_progress=show_progress)
+
+    def retrieve(self, question: str, doc_ids: Iterable[str] | None = None,
+                 k: int | None = None, *, qid: str | None = None) -> list[Hit]:
+        """Passages ranked by the fused BM25 and dense scores."""
+        rows = self._rows(doc_ids)
+        if not rows:
+            return []
+        bm = self.bm25.bm25.scores(question)[rows]
+        fused = fuse(self.dense.scores(question, rows), bm, method=self.fusion,
+                     weight=self.weight, rrf_k=self.rrf_k)
+        return self._hits(rows, fused, k)
 
 
 class RandomRetriever(_PassageRetriever):

