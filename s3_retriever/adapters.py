@@ -17,9 +17,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +145,32 @@ def is_index(obj: Any) -> bool:
     return isinstance(obj, (S3Index, ShardedIndex))
 
 
+def split_settings(kwargs: Mapping[str, Any],
+                   retriever_fields: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ``from_model`` call's keyword arguments as ``(index settings, retriever fields)``:
+    the :class:`~s3_retriever.S3Settings` field names configure the new index (and are saved
+    with it), the rest must be the adapter's ``retriever_fields``.
+
+    Raises:
+        TypeError: a name that is neither, listing both kinds.
+
+    Example:
+        >>> split_settings({"k": 3, "span_tokens": 64}, ["k", "filter"])
+        ({'span_tokens': 64}, {'k': 3})
+    """
+    from s3_retriever.config import S3Settings
+
+    names = {f.name for f in dataclasses.fields(S3Settings)}
+    fields = set(retriever_fields)
+    settings = {n: v for n, v in kwargs.items() if n in names}
+    rest = {n: v for n, v in kwargs.items() if n not in names}
+    unknown = sorted(set(rest) - fields)
+    if unknown:
+        raise TypeError(f"unknown arguments {unknown}: give retriever fields {sorted(fields)} "
+                        f"or index settings {sorted(names)}")
+    return settings, rest
+
+
 def source_offset(metadata: Mapping[str, Any], key: str) -> int:
     """Where a pre-chunked text starts in its source document: ``metadata[key]`` when it is
     a non-negative int (e.g. ``start_index`` of LangChain's splitters), else 0."""
@@ -154,4 +181,4 @@ def source_offset(metadata: Mapping[str, Any], key: str) -> int:
 
 
 __all__ = ["INDEX_FOLDER", "RETRIEVER_FILE", "is_index", "load_index", "open_retriever",
-           "save_retriever", "source_offset"]
+           "save_retriever", "source_offset", "split_settings"]

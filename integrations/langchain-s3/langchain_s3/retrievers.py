@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -43,11 +42,16 @@ from s3_retriever import (
     EmptyIndexError,
     LoadedModel,
     S3Index,
-    S3Settings,
     Span,
     check_filters,
 )
-from s3_retriever.adapters import load_index, open_retriever, save_retriever, source_offset
+from s3_retriever.adapters import (
+    load_index,
+    open_retriever,
+    save_retriever,
+    source_offset,
+    split_settings,
+)
 from s3_retriever.distributed.shards import ShardedIndex
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
@@ -55,7 +59,6 @@ PositiveInt = Annotated[StrictInt, Field(gt=0)]
 _UNSET: Any = object()
 _CALL_KWARGS = ("k", "budget_tokens", "mode", "filter", "doc_ids")
 _FUSION_FIELDS = ("fusion", "fusion_weight", "rrf_k")
-_SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(S3Settings))
 # keys LangChain's own invoke() may leave in the keyword arguments it forwards
 _IGNORED_KWARGS = frozenset({"verbose"})
 _ADAPTER = "langchain"
@@ -183,12 +186,7 @@ class S3Retriever(BaseRetriever):
             >>> r = S3Retriever.from_model("smollm2-135m", texts=["Bach lived in Leipzig."],
             ...                            k=2, span_tokens=64)
         """
-        settings = {n: kwargs.pop(n) for n in list(kwargs) if n in _SETTINGS_FIELDS}
-        unknown = sorted(set(kwargs) - set(cls.model_fields) | ({"index"} & set(kwargs)))
-        if unknown:
-            raise TypeError(f"unknown arguments {unknown}: give retriever fields "
-                            f"{sorted(set(cls.model_fields) - {'index'})} or index settings "
-                            f"{sorted(_SETTINGS_FIELDS)}")
+        settings, kwargs = split_settings(kwargs, set(cls.model_fields) - {"index"})
         index = S3Index.from_model(model, saes=saes, device=device, dtype=dtype, **settings)
         retriever = cls(index=index, **kwargs)
         if texts is not None:

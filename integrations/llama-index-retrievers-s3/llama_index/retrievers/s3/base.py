@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -62,7 +61,6 @@ from s3_retriever import (
     InvalidInputError,
     LoadedModel,
     S3Index,
-    S3Settings,
     Span,
     check_filters,
     validate,
@@ -74,6 +72,7 @@ from s3_retriever.adapters import (
     load_index,
     open_retriever,
     save_retriever,
+    split_settings,
 )
 from s3_retriever.distributed.shards import ShardedIndex
 
@@ -550,12 +549,7 @@ class S3Retriever(BaseRetriever):
             >>> r = S3Retriever.from_model("smollm2-135m", texts=["Bach lived in Leipzig."],
             ...                            similarity_top_k=2, span_tokens=64)
         """
-        settings = {n: kwargs.pop(n) for n in list(kwargs) if n in _SETTINGS_FIELDS}
-        unknown = sorted(set(kwargs) - set(_RETRIEVER_ARGS))
-        if unknown:
-            raise TypeError(f"unknown arguments {unknown}: give retriever settings "
-                            f"{sorted(_RETRIEVER_ARGS)} or index settings "
-                            f"{sorted(_SETTINGS_FIELDS)}")
+        settings, kwargs = split_settings(kwargs, _RETRIEVER_ARGS)
         if texts is None and (metadatas is not None or ids is not None):
             raise ValueError("metadatas and ids go with texts")
         index = S3Index.from_model(model, saes=saes, device=device, dtype=dtype, **settings)
@@ -873,7 +867,6 @@ def _checked_filters(filters: FiltersLike | None) -> Any:
 
 
 _ADAPTER = "llamaindex"
-_SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(S3Settings))
 _PERSISTED = ("similarity_top_k", "budget_tokens", "mode", "filters", "fusion", "fusion_weight",
               "rrf_k", "include_scores", "verbose")
 _RETRIEVER_ARGS = (*_PERSISTED, "callback_manager", "objects", "object_map")

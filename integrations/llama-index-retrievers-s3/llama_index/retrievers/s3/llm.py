@@ -164,14 +164,12 @@ class S3LocalLLM(CustomLLM):
                  stop: str | Sequence[str] | None = None, timeout: float | None = None,
                  max_retries: int = 0, seed: int | None = None,
                  device: str | None = None, dtype: str | None = None, **kwargs: Any) -> None:
-        if max_tokens is not None:
-            if max_new_tokens is not None:
-                raise ValueError("give max_tokens or max_new_tokens, not both")
-            max_new_tokens = max_tokens
+        lengths = {name: value for name, value in (("max_new_tokens", max_new_tokens),
+                                                   ("max_tokens", max_tokens))
+                   if value is not None}  # either name (not both), else the default
         opts = generation_options({
-            "max_new_tokens": MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens,
-            "temperature": temperature, "top_p": top_p, "stop": stop, "timeout": timeout,
-            "max_retries": max_retries, "seed": seed})
+            **lengths, "temperature": temperature, "top_p": top_p, "stop": stop,
+            "timeout": timeout, "max_retries": max_retries, "seed": seed})
         lm = model if isinstance(model, LoadedModel) else load_model(model, device, dtype)
         opts["stop"] = opts["stop"] or None
         super().__init__(model_name=lm.model_id, context_window=lm.max_length, **opts,
