@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -201,3 +202,81 @@ def add_query_means(heads_file: str | os.PathLike, lm: LoadedModel,
                            else f"{len(texts)} user texts"}
     write_json(path, data)
     return data["heads"]
+
+
+# --------------------------------------------------------------------------- rerank heads
+
+
+@dataclass
+class RerankCalibration:
+    """Per question, every candidate head's in-context attention on the pool's sentences
+    (asked and content-free), and what is needed to pack and score them."""
+
+    heads: list[tuple[int, int]]
+    budgets: list[int]
+    items: list[tuple[Any, list, list, Any, np.ndarray, np.ndarray]]
+    # (example, pool, pieces, prompt, asked [H, U], null [H, U])
+
+    def recall(self, heads: Sequence[tuple[int, int]], *, calibrate: bool,
+               budget: int) -> np.ndarray:
+        """Per question, the evidence recall of the summed heads' ranking at ``budget``."""
+        from s3_retriever.evaluation.metrics import evidence_recall
+        from s3_retriever.retrieval.rerank import pick_spans
+
+        idx = [self.heads.index(tuple(h)) for h in heads]
+        out = []
+        for ex, pool, pieces, prompt, asked, null in self.items:
+            s = (asked[idx] - null[idx] if calibrate else asked[idx]).sum(axis=0)
+            spans = pick_spans(pool, pieces, prompt, s, k=None, budget_tokens=budget)
+            out.append(evidence_recall(spans, ex.evidence))
+        return np.asarray(out, dtype=float)
+
+    def head_table(self, *, calibrate: bool) -> np.ndarray:
+        """``[n_heads, n_budgets]`` mean recall of each head alone."""
+        return np.array([[np.nanmean(self.recall([h], calibrate=calibrate, budget=b))
+                          for b in self.budgets] for h in self.heads])
+
+    def choose(self, max_heads: int = 16, tolerance: float = 0.005) -> dict[str, Any]:
+        """Heads ranked by their mean recall over the budgets alone; the number of heads and
+        the calibration on/off chosen by the summed heads' mean recall on this split: the
+        fewest heads within ``tolerance`` of the best (the forward pass runs up to the
+        last head's layer, so fewer heads are cheaper)."""
+        best: dict[str, Any] = {}
+        curves: dict[str, list[float]] = {}
+        for cal in (False, True):
+            table = self.head_table(calibrate=cal).mean(axis=1)
+            ranked = [self.heads[i] for i in np.argsort(-table, kind="stable")[:max_heads]]
+            curve = [float(np.mean([np.nanmean(self.recall(ranked[:n], calibrate=cal,
+                                                           budget=b)) for b in self.budgets]))
+                     for n in range(1, len(ranked) + 1)]
+            curves["calibrated" if cal else "raw"] = [round(c, 4) for c in curve]
+            top = max(curve)
+            n = next(i for i, c in enumerate(curve, start=1) if c >= top - tolerance)
+            if top > best.get("top", -1.0):
+                best = {"top": top, "recall": curve[n - 1], "heads": ranked[:n],
+                        "calibrate": cal}
+        best["curves"] = curves
+        return best
+
+
+def rerank_head_recalls(index: Any, bench: Benchmark, layers: Sequence[int], *,
+                        pool_tokens: int, budgets: Sequence[int] = (512, 1024),
+                        show_progress: bool = True) -> RerankCalibration:
+    """Read each question's hybrid pool (``pool_tokens``) with the question once and keep
+    every head of ``layers``'s attention on the pool's sentences (see
+    :mod:`s3_retriever.retrieval.rerank`)."""
+    from s3_retriever.retrieval.rerank import NULL_QUESTION, AttentionReranker, pool_prompt
+
+    heads = [(int(layer), h) for layer in layers for h in range(index.lm.spec.n_heads)]
+    reranker = AttentionReranker(index.lm, heads, calibrate=False)
+    items = []
+    for ex in tqdm(bench.examples, desc="rerank heads", disable=not show_progress):
+        pool = index.search(ex.question, k=None, budget_tokens=pool_tokens, mode="hybrid",
+                            doc_ids=ex.doc_ids)
+        pool, pieces, prompt = pool_prompt(index.lm.tokenizer, pool,
+                                           {d: index.index.row_of(d) for d in ex.doc_ids})
+        if prompt.n_units == 0:
+            continue
+        asked, null = reranker.attention_on_units(prompt, [ex.question, NULL_QUESTION])
+        items.append((ex, pool, pieces, prompt, asked, null))
+    return RerankCalibration(heads, [int(b) for b in budgets], items)

@@ -348,6 +348,54 @@ def _int_ranges(spec: str) -> list[int]:
     return out
 
 
+def cmd_calibrate_rerank(a: argparse.Namespace) -> int:
+    from s3_retriever.calibration import rerank_head_recalls
+    from s3_retriever.engine import S3Index
+    from s3_retriever.evaluation.run import (
+        EvalConfig,
+        build_benchmarks,
+        corpus_documents,
+        index_corpus,
+    )
+    from s3_retriever.storage import check_output_file, write_json
+
+    check_output_file(a.out, a.overwrite)
+    index = S3Index.from_model(a.model, device=a.device, dtype=a.dtype)
+    cfg = EvalConfig(datasets=("hotpotqa",), contexts=(a.context_tokens,),
+                     split="calibration", n_questions=a.n_questions, seed=a.seed,
+                     data=a.data, show_progress=not a.quiet).validate()
+
+    def count(text: str) -> int:
+        return len(index.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    benches = build_benchmarks(cfg, count)
+    index, _ = index_corpus(index, corpus_documents(benches), cache=a.index_cache,
+                            show_progress=not a.quiet)
+    cal = rerank_head_recalls(index, benches[0][2], _int_ranges(a.layers),
+                              pool_tokens=a.pool_tokens, budgets=a.budgets,
+                              show_progress=not a.quiet)
+    best = cal.choose(a.max_heads)
+    report = {
+        "heads": [list(h) for h in best["heads"]],
+        "calibrate": best["calibrate"],
+        "calibration": {
+            "model": index.lm.model_id, "split": "calibration",
+            "questions": cfg.positions(), "context_tokens": a.context_tokens,
+            "pool_tokens": a.pool_tokens, "budgets": list(a.budgets), "seed": a.seed,
+            "mean_recall": round(best["recall"], 4),
+            "recall_by_n_heads": best["curves"],
+            "head_recall": {f"{layer}:{h}": [round(float(x), 4) for x in row]
+                            for (layer, h), row in zip(cal.heads,
+                                                       cal.head_table(calibrate=True))},
+            "command": "s3-retriever " + " ".join(sys.argv[1:]),
+        },
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(a.out, report)
+    print(json.dumps({k: report[k] for k in ("heads", "calibrate")}), best["recall"])
+    return 0
+
+
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from s3_retriever.calibration import head_recalls
     from s3_retriever.evaluation.data import hotpotqa_benchmark
@@ -501,6 +549,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generic-text tokens for each chosen head's mean query (0: none)")
     model_args(q)
     q.set_defaults(func=cmd_calibrate)
+
+    q = sub.add_parser("calibrate-rerank", help="rank (layer, head) pairs by the evidence "
+                       "recall of their in-context attention on the hybrid's pool (HotpotQA "
+                       "calibration split); writes rerank_heads.json")
+    q.add_argument("--model", default=DEFAULT_MODEL)
+    q.add_argument("--layers", default="0-29", help="e.g. 8-23 or 17,18")
+    q.add_argument("--n-questions", type=int, default=50)
+    q.add_argument("--context-tokens", type=int, default=32000)
+    q.add_argument("--pool-tokens", type=int, default=2048)
+    q.add_argument("--budgets", type=int, nargs="+", default=[512, 1024])
+    q.add_argument("--max-heads", type=int, default=16)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--data", default=None, help="folder with the QA data (default ../shared/data)")
+    q.add_argument("--index-cache", default=None, help="keep the calibration haystacks' index here")
+    q.add_argument("--out", required=True, help="rerank_heads.json to write")
+    overwrite_arg(q, "the file")
+    model_args(q)
+    q.set_defaults(func=cmd_calibrate_rerank)
 
     q = sub.add_parser("query-means", help="add each head's mean query (the query-mean term) "
                                           "to the heads.json of an SAE folder")

@@ -29,7 +29,10 @@ ANSWER_BUDGET_TOKENS = 1024
 MAX_NEW_TOKENS = 48
 """Tokens a generated answer may take (every generation entry point)."""
 
-MODES = ("hybrid", "s3", "bm25")
+RERANK_HOP_WEIGHT = 0.5
+"""How much a second rerank hop's (min-max scaled) scores add to the first hop's."""
+
+MODES = ("hybrid", "s3", "bm25", "rerank")
 FUSIONS = ("linear", "rrf")
 SCORERS = ("attention", "coactivation")
 
@@ -80,11 +83,24 @@ class S3Settings:
         smooth_window: moving-average width over token scores before sentences take the max.
         span_tokens: spans grow around their best sentence up to this many tokens
             (0: single sentences); ``"auto"``: see :func:`span_tokens_for`.
-        mode: default retrieval mode, ``"hybrid"``, ``"s3"`` or ``"bm25"``.
+        mode: default retrieval mode: ``"hybrid"``, ``"s3"``, ``"bm25"``, or ``"rerank"``
+            (the hybrid's best ``rerank_pool_tokens`` re-read with the question in one
+            context, sentences ranked by the model's attention:
+            :mod:`s3_retriever.retrieval.rerank`).
         fusion: ``"linear"`` (min-max normalised mix) or ``"rrf"`` (reciprocal rank).
         fusion_weight: the S3 share in the fusion, in [0, 1].
         rrf_k: the RRF constant.
         cross_paragraphs: let spans grow across blank lines (paragraph breaks).
+        rerank_pool_tokens: the tokens of hybrid spans a ``"rerank"`` search re-reads (its
+            memory and latency grow with this, not with the index).
+        rerank_heads: the ``[layer, head]`` pairs whose in-context attention ranks the
+            pool; None reads ``rerank_heads.json`` shipped with the model's SAEs.
+        rerank_calibrate: subtract the attention a content-free question (``"N/A"``) puts
+            on each sentence (position and token bias, not evidence); None: as chosen
+            with the shipped heads (off with your own ``rerank_heads``).
+        rerank_hops: 2 asks the same reading a second question, the question followed by
+            the first hop's best sentence, so a bridge question's second fact is sought
+            with the bridge entity in the queries (weight ``RERANK_HOP_WEIGHT``).
     """
 
     chunk_tokens: int | None = None
@@ -100,6 +116,10 @@ class S3Settings:
     fusion_weight: float = 0.5
     rrf_k: int = 60
     cross_paragraphs: bool = False
+    rerank_pool_tokens: int = 2048
+    rerank_heads: list[list[int]] | None = None
+    rerank_calibrate: bool | None = None
+    rerank_hops: int = 1
 
     def validate(self) -> S3Settings:
         """Check every field's type and range (settings read from disk included).
@@ -122,6 +142,18 @@ class S3Settings:
         if type(self.cross_paragraphs) is not bool:
             raise InvalidInputError(f"cross_paragraphs must be True or False, got "
                                     f"{self.cross_paragraphs!r}")
+        validate.positive_int(self.rerank_pool_tokens, "rerank_pool_tokens")
+        if not (validate.is_int(self.rerank_hops) and self.rerank_hops in (1, 2)):
+            raise InvalidInputError(f"rerank_hops must be 1 or 2, got {self.rerank_hops!r}")
+        if self.rerank_calibrate is not None and type(self.rerank_calibrate) is not bool:
+            raise InvalidInputError(f"rerank_calibrate must be True, False or None, got "
+                                    f"{self.rerank_calibrate!r}")
+        if self.rerank_heads is not None and (not isinstance(self.rerank_heads, list) or not (
+                self.rerank_heads) or not all(isinstance(h, (list, tuple)) and len(h) == 2
+                                              and all(validate.is_int(x) and x >= 0 for x in h)
+                                              for h in self.rerank_heads)):
+            raise InvalidInputError("rerank_heads must be None or a non-empty list of "
+                                    "[layer, head] pairs of non-negative integers")
         if type(self.query_mean) is not bool:
             raise InvalidInputError(f"query_mean must be True or False, got "
                                     f"{self.query_mean!r}")

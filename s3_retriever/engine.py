@@ -32,6 +32,7 @@ from s3_retriever.config import (
     DEFAULT_K,
     DEFAULT_MODEL,
     MAX_NEW_TOKENS,
+    RERANK_HOP_WEIGHT,
     S3Settings,
     chunk_tokens_for,
     span_tokens_for,
@@ -52,6 +53,7 @@ from s3_retriever.model.loading import LoadedModel, load_model
 from s3_retriever.retrieval import filters as filter_rules
 from s3_retriever.retrieval.fusion import fuse
 from s3_retriever.retrieval.packing import best_spans
+from s3_retriever.retrieval.rerank import AttentionReranker, rerank_spans, shipped_rerank
 from s3_retriever.retrieval.scan import Scanner, question_queries
 from s3_retriever.retrieval.scoring import Normaliser, resolve_heads, token_scores
 from s3_retriever.retrieval.spans import Span
@@ -304,6 +306,21 @@ class S3Index:
             rows = self._rows(filters, doc_ids)
             if not rows:
                 return []
+            if mode != "rerank":
+                return self._spans(query, rows, mode, k, budget_tokens, fusion, fusion_weight,
+                                   rrf_k)
+            pool = self._spans(query, rows, "hybrid", None, self.settings.rerank_pool_tokens,
+                               fusion, fusion_weight, rrf_k)
+            return rerank_spans(self._reranker(), query, pool, k=k,
+                                budget_tokens=budget_tokens,
+                                doc_order={self.index.docs[r].doc_id: r for r in rows},
+                                token_bounds=self._token_bounds)
+
+    def _spans(self, query: str, rows: list[int], mode: str, k: int | None,
+               budget_tokens: int | None, fusion: str, fusion_weight: float,
+               rrf_k: int) -> list[Span]:
+        """The first-stage spans of ``rows`` (``mode``: hybrid, s3 or bm25)."""
+        with self._lock:
             units = self.units.of_rows(rows)
             s3 = self._s3_units(query, rows)[1] if mode != "bm25" else np.zeros(len(units))
             bm = self.units.bm25_scores(query)[units] if mode != "s3" else np.zeros(len(units))
@@ -316,6 +333,26 @@ class S3Index:
                                                           budget_tokens),
                               k=k, budget_tokens=budget_tokens,
                               cross_paragraphs=self.settings.cross_paragraphs)
+
+    def _reranker(self) -> AttentionReranker:
+        """The in-context reranker these settings describe (heads: the setting, else the
+        model's shipped ``rerank_heads.json``)."""
+        s = self.settings
+        if s.rerank_heads is not None:
+            heads, calibrate = s.rerank_heads, bool(s.rerank_calibrate)
+        else:
+            heads, shipped_calibrate = shipped_rerank(self.lm.model_id)
+            calibrate = shipped_calibrate if s.rerank_calibrate is None else s.rerank_calibrate
+        return AttentionReranker(self.lm, heads, calibrate=calibrate,
+                                 hops=self.settings.rerank_hops, hop_weight=RERANK_HOP_WEIGHT)
+
+    def _token_bounds(self, doc_id: str, start_char: int, end_char: int) -> tuple[int, int]:
+        """Document-local token range of a character range: the tokens that end after
+        ``start_char`` and start before ``end_char``."""
+        rec = self.index.docs[self.index.row_of(doc_id)]
+        tc = self.index.segments[rec.segment].token_char[rec.token_start:rec.token_end]
+        return (int(np.searchsorted(tc[:, 1], start_char, side="right")),
+                int(np.searchsorted(tc[:, 0], end_char, side="left")))
 
     def unit_scores(self, query: str, doc_ids: Collection[str] | None = None,
                     filters: Mapping[str, Any] | None = None) -> dict[str, Any]:

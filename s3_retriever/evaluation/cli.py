@@ -137,6 +137,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--data", default=None, help="QA data folder (default ../shared/data)")
     g.add_argument("--passage-tokens", type=int, default=d.passage_tokens,
                    help="passage size of the bm25/dense/random/oracle baselines")
+    g.add_argument("--granularity", nargs="+", default=[], metavar="NAME=N",
+                   help="a baseline's own passage size (1: sentences), e.g. bm25=64 dense=256")
     g.add_argument("--pool-factor", type=float, default=d.pool_factor)
     g.add_argument("--search-per-budget", action="store_true",
                    help="one engine search per budget (exact per-budget latency; slower)")
@@ -188,6 +190,17 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     return q
 
 
+def _granularity(specs: list[str]) -> dict[str, int]:
+    """``["bm25=64", "dense=1"]`` -> ``{"bm25": 64, "dense": 1}``."""
+    out = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise SystemExit(f"--granularity {spec!r}: expected NAME=N, e.g. bm25=64")
+        out[name.strip()] = int(value)
+    return out
+
+
 def _config(a: argparse.Namespace, sweep: bool) -> Any:
     from s3_retriever.evaluation.run import ALL_RETRIEVERS, EvalConfig
     from s3_retriever.evaluation.splits import parse_indices
@@ -199,6 +212,7 @@ def _config(a: argparse.Namespace, sweep: bool) -> Any:
         n_questions=a.n_questions,
         questions=tuple(parse_indices(a.questions)) if a.questions else None,
         seed=a.seed, passage_tokens=a.passage_tokens, pool_factor=a.pool_factor, data=a.data,
+        granularity=_granularity(a.granularity),
         generate=0 if sweep else a.generate,
         generate_budgets=tuple(a.generate_budgets) if a.generate_budgets else None,
         generate_retrievers=tuple(a.generate_retrievers) if a.generate_retrievers else None,

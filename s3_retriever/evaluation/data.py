@@ -571,11 +571,70 @@ def _needles(n: int, seed: int) -> list[tuple[str, str, str, str]]:
     return out
 
 
+# Paraphrased needles: the question names the place by synonyms and asks with other words,
+# so it shares no content word with the fact (checked by the tests with the BM25 tokenizer).
+_PARA_ADJECTIVES = [("Silent", "Quiet"), ("Northern", "Boreal"), ("Crystal", "Glass"),
+                    ("Hollow", "Empty"), ("Golden", "Gilded"), ("Scarlet", "Crimson"),
+                    ("Frozen", "Icy"), ("Misty", "Foggy"), ("Sunken", "Submerged"),
+                    ("Ancient", "Old"), ("Tiny", "Small"), ("Hidden", "Concealed")]
+_PARA_PLACES = [("Lighthouse", "Beacon"), ("Harbor", "Port"), ("Tower", "Spire"),
+                ("Garden", "Park"), ("Vault", "Strongroom"), ("Bridge", "Viaduct"),
+                ("Academy", "School"), ("Market", "Bazaar"), ("Abbey", "Priory"),
+                ("Station", "Depot"), ("Orchard", "Grove"), ("Citadel", "Fortress")]
+_PARA_TEMPLATES = [
+    ("Only guests who whisper '{value}' are let in by the keeper of the {name}.",
+     "What phrase grants entry to the {alias}?"),
+    ("To open the {name}, a visitor must say '{value}' to the gatekeeper.",
+     "Which words unlock the doors of the {alias}?"),
+    ("The watchman at the {name} admits nobody unless they recite '{value}'.",
+     "What must be spoken to get inside the {alias}?"),
+]
+NEEDLE_VARIANTS = ("plain", "near", "multi", "para")
+"""``plain``: one fact whose question repeats its words. ``near``: the fact among three
+near-duplicates (same place or same adjective, or the same name with a qualifier) holding
+other values. ``multi``: three facts about one place, each a required piece of evidence.
+``para``: the question shares no content word with the fact."""
+
+
+def _near_keys(name: str, rng: random.Random) -> list[str]:
+    """Three keys close to ``name``: another adjective, another place, a qualifier."""
+    adj, place = name.split(" ", 1)
+    return [f"{rng.choice([a for a in _ADJECTIVES if a != adj])} {place}",
+            f"{adj} {rng.choice([p for p in _PLACES if p != place])}",
+            f"{name} Annex"]
+
+
+def _variant_facts(variant: str, name: str, value: str, fact: str, question: str,
+                   rng: random.Random) -> tuple[str, list[str], list[str], list[str]]:
+    """(question, gold fact sentences, answers, distractor sentences) of one needle."""
+    if variant == "plain":
+        return question, [fact], [value], []
+    if variant == "near":
+        template = next(f for f, q in _TEMPLATES if q.format(name=name) == question)
+        others = [template.format(name=k, value=f"{rng.choice(_WORDS)} {rng.choice(_WORDS)} "
+                                                f"{rng.randint(1000, 9999)}")
+                  for k in _near_keys(name, rng)]
+        return question, [fact], [value], others
+    if variant == "multi":
+        values = [value] + [f"{rng.choice(_WORDS)} {rng.randint(1000, 9999)}" for _ in range(2)]
+        facts = [f"One of the three keys to the {name} is '{v}'." for v in values]
+        return f"What are the three keys to the {name}?", facts, values, []
+    adj, alias_adj = rng.choice(_PARA_ADJECTIVES)
+    place, alias_place = rng.choice(_PARA_PLACES)
+    f, q = rng.choice(_PARA_TEMPLATES)
+    return (q.format(alias=f"{alias_adj} {alias_place}"),
+            [f.format(name=f"{adj} {place}", value=value)], [value], [])
+
+
 def needle_benchmark(n_questions: int, context_tokens: int, count_tokens: Callable[[str], int],
                      *, depths: Iterable[float] = (0.1, 0.3, 0.5, 0.7, 0.9), seed: int = 0,
                      path: str | os.PathLike | None = None,
-                     pool_factor: float = 2.0) -> Benchmark:
+                     pool_factor: float = 2.0, variant: str = "plain") -> Benchmark:
     """Needle-in-a-haystack: a synthetic fact, as its own document, among real paragraphs.
+
+    ``variant`` (:data:`NEEDLE_VARIANTS`) makes needles that separate retrievers: with
+    ``near`` the other near-duplicate facts and with ``multi`` the other two facts are
+    documents of their own at seeded random positions; ``para`` asks in other words.
 
     Question ``i`` gets depth ``depths[i % len(depths)]``: the needle document is placed
     at the document boundary whose token position (fraction of the haystack before it)
@@ -590,6 +649,8 @@ def needle_benchmark(n_questions: int, context_tokens: int, count_tokens: Callab
     """
     if context_tokens <= 0:
         raise ValueError(f"context_tokens must be positive, got {context_tokens}")
+    if variant not in NEEDLE_VARIANTS:
+        raise ValueError(f"unknown needle variant {variant!r}; known: {NEEDLE_VARIANTS}")
     depths = [float(d) for d in depths]
     if not depths or any(not 0.0 <= d <= 1.0 for d in depths):
         raise ValueError(f"depths must be non-empty fractions in [0, 1], got {depths}")
@@ -598,15 +659,24 @@ def needle_benchmark(n_questions: int, context_tokens: int, count_tokens: Callab
 
     documents: dict[str, Document] = {}
     examples: list[Example] = []
+    tag = "" if variant == "plain" else f"{variant}:"
     for i, (name, value, fact, question) in enumerate(_needles(n_questions, seed)):
-        qid = f"needle-{seed}-{i}"
-        needle = Document(f"needle:{seed}:{i}", fact, {"source": "needle", "name": name})
-        all_docs[needle.doc_id] = needle
-        budget = context_tokens - tokens(needle.doc_id) - tokens.sep
-        rng = random.Random(f"needle:{seed}:{i}")
+        qid = f"needle-{tag.replace(':', '-')}{seed}-{i}"
+        rng = random.Random(f"needle:{tag}{seed}:{i}")
+        question, facts, answers, others = _variant_facts(variant, name, value, fact,
+                                                          question, rng)
+        needle = Document(f"needle:{tag}{seed}:{i}", facts[0],
+                          {"source": "needle", "name": name})
+        extra = [Document(f"needle:{tag}{seed}:{i}:{j}", t, {"source": "needle"})
+                 for j, t in enumerate(facts[1:] + others, start=1)]
+        for d in [needle, *extra]:
+            all_docs[d.doc_id] = d
+        budget = context_tokens - sum(tokens(d.doc_id) + tokens.sep for d in [needle, *extra])
         walk = list(pool)
         rng.shuffle(walk)
         filler = _fill([], walk, tokens, max(budget, 0), lambda d: False)
+        for d in extra:  # the other facts at seeded random places
+            filler.insert(rng.randint(0, len(filler)), d.doc_id)
         depth = depths[i % len(depths)]
         total = tokens.total(filler)
         best, best_err, before = 0, float("inf"), 0
@@ -621,11 +691,13 @@ def needle_benchmark(n_questions: int, context_tokens: int, count_tokens: Callab
         actual = (tokens.total(hay[:best]) + (tokens.sep if best else 0)) / max(n_tok, 1)
         for d in hay:
             documents[d] = all_docs[d]
+        gold = [needle.doc_id] + [d.doc_id for d in extra[:len(facts) - 1]]
         examples.append(Example(
-            qid=qid, question=question, answers=[value], doc_ids=hay,
-            evidence=[Evidence(needle.doc_id, 0, len(fact))], dataset="needle",
+            qid=qid, question=question, answers=answers, doc_ids=hay,
+            evidence=[Evidence(d, 0, len(all_docs[d].text)) for d in gold],
+            dataset="needle" if variant == "plain" else f"needle-{variant}",
             context_tokens=n_tok,
             metadata={"depth": depth, "actual_depth": actual, "position": best,
-                      "target_tokens": context_tokens, "gold_doc_ids": [needle.doc_id],
+                      "target_tokens": context_tokens, "gold_doc_ids": gold,
                       "over_budget": n_tok > context_tokens}))
-    return Benchmark(f"needle-{context_tokens}", documents, examples)
+    return Benchmark(f"needle-{tag.replace(':', '-')}{context_tokens}", documents, examples)

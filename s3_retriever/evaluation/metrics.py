@@ -190,6 +190,18 @@ def evidence_recall(spans: Iterable[Any], evidence: Iterable[Any]) -> float | No
     return hit / len(units)
 
 
+def joint_recall(spans: Iterable[Any], evidence: Iterable[Any]) -> float | None:
+    """1.0 when the spans cover every gold evidence unit (for HotpotQA: both supporting
+    facts, what a bridge question needs), else 0.0; None without gold evidence.
+
+    Example:
+        >>> joint_recall([("a", 0, 12)], [("a", 1, 11), ("b", 0, 3)])
+        0.0
+    """
+    r = evidence_recall(spans, evidence)
+    return None if r is None else float(r == 1.0)
+
+
 def first_hit_rank(spans: Sequence[Any], evidence: Iterable[Any]) -> int | None:
     """1-based rank ``r`` of the first hit, or None if no prefix of the ranking hits.
 

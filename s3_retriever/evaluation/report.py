@@ -46,7 +46,10 @@ _STYLE = {"s3": ("tab:blue", "-o"), "hybrid": ("tab:purple", "-s"),
           "dense": ("tab:green", "-D"), "bm25+dense": ("tab:olive", "-v"),
           "bm25+dense-linear": ("tab:brown", "--v"), "random": ("tab:gray", ":x"),
           "oracle": ("black", "--")}
-_DATASET_NAMES = {"hotpotqa": "HotpotQA", "squad": "SQuAD 2.0", "needle": "Needles"}
+_DATASET_NAMES = {"hotpotqa": "HotpotQA", "squad": "SQuAD 2.0", "needle": "Needles",
+                  "needle-near": "Needles among near-duplicates",
+                  "needle-multi": "Multi-value needles",
+                  "needle-para": "Paraphrased needles"}
 
 
 def format_positions(positions: Sequence[int]) -> str:

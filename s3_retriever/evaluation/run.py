@@ -92,11 +92,12 @@ __all__ = [
     "sweep_grid",
 ]
 
-DATASETS = ("hotpotqa", "squad", "needle")
+DATASETS = ("hotpotqa", "squad", "needle", "needle-near", "needle-multi", "needle-para")
 DEFAULT_CONTEXTS = (8000, 32000, 128000)
 DEFAULT_BUDGETS = (512, 1024, 2048, 4096)
 # retriever name -> S3Index.search mode ("bm25-sentences": the engine's own sentence BM25)
-ENGINE_RETRIEVERS = {"s3": "s3", "hybrid": "hybrid", "bm25-sentences": "bm25"}
+ENGINE_RETRIEVERS = {"s3": "s3", "hybrid": "hybrid", "rerank": "rerank",
+                     "bm25-sentences": "bm25"}
 # "bm25+dense": BM25 and MiniLM fused by RRF (k=60, equal weights), as LangChain's
 # EnsembleRetriever does; "bm25+dense-linear": min-max linear fusion, weight 0.5
 ENSEMBLES = {"bm25+dense": "rrf", "bm25+dense-linear": "linear"}
@@ -116,7 +117,9 @@ class EvalConfig:
     budgets 512-4096, every retriever (ALL_RETRIEVERS), the reported split.
 
     Attributes:
-        datasets: any of ``"hotpotqa"``, ``"squad"``, ``"needle"``.
+        datasets: any of ``"hotpotqa"``, ``"squad"``, ``"needle"`` and the needle variants
+            ``"needle-near"``, ``"needle-multi"``, ``"needle-para"``
+            (:data:`~s3_retriever.evaluation.data.NEEDLE_VARIANTS`).
         contexts: haystack lengths in tokens of the LM's tokenizer.
         budgets: retrieval token budgets.
         retrievers: names from :data:`ALL_RETRIEVERS` (plus ``"bm25-sentences"``).
@@ -126,6 +129,9 @@ class EvalConfig:
             SQuAD split permutation; needles take ``len(questions)``).
         seed: seeds haystacks, padding, needles and the random baseline.
         passage_tokens: passage size of the passage baselines.
+        granularity: per baseline, its own passage size instead (``{"bm25": 64}``; 1 makes
+            every sentence a passage): each baseline at the granularity best for it on the
+            dev split.
         pool_factor: see :mod:`~s3_retriever.evaluation.data`.
         data: the data folder (default: ``../shared/data``).
         generate: answer the first this many questions of every benchmark (0: none).
@@ -146,6 +152,7 @@ class EvalConfig:
     questions: tuple[int, ...] | None = None
     seed: int = 0
     passage_tokens: int = 128
+    granularity: dict[str, int] = dataclasses.field(default_factory=dict)
     pool_factor: float = 2.0
     data: str | None = None
     generate: int = 0
@@ -176,6 +183,11 @@ class EvalConfig:
             raise ValueError(f"n_questions must be positive, got {self.n_questions}")
         if self.questions is not None and not self.questions:
             raise ValueError("questions is empty")
+        bad = {n: v for n, v in self.granularity.items()
+               if n not in PASSAGE_RETRIEVERS or not isinstance(v, int) or v <= 0}
+        if bad:
+            raise ValueError(f"granularity {bad}: give passage baselines "
+                             f"{list(PASSAGE_RETRIEVERS)} positive passage sizes")
         if self.passage_tokens <= 0 or self.max_new_tokens <= 0 or self.generate < 0:
             raise ValueError("passage_tokens and max_new_tokens must be > 0, generate >= 0")
         for name, sub, full in (("generate_budgets", self.generate_budgets, self.budgets),
@@ -276,7 +288,8 @@ def build_benchmarks(cfg: EvalConfig, count_tokens: Callable[[str], int], *,
         else:
             bench = needle_benchmark(len(positions), ctx, count_tokens,
                                      seed=cfg.seed + _splits.NEEDLE_SEED_OFFSETS[split],
-                                     path=cfg.data, pool_factor=cfg.pool_factor)
+                                     path=cfg.data, pool_factor=cfg.pool_factor,
+                                     variant=dataset.partition("-")[2] or "plain")
         if not bench.examples:
             raise ValueError(f"no {dataset} questions at positions {positions[:3]}...")
         out.append((dataset, int(ctx), bench))
@@ -376,30 +389,34 @@ class _Ranking:
 
 
 class _Baselines:
-    """The passage baselines over the whole corpus (built once)."""
+    """The passage baselines over the whole corpus (built once), each over passages of its
+    own granularity (``granularity[name]``, else ``passage_tokens``; 1: single sentences)."""
 
     def __init__(self, documents: Mapping[str, Document], count_tokens: Callable[[str], int],
                  names: Sequence[str], evidence: Mapping[str, list], *, passage_tokens: int,
-                 seed: int, show_progress: bool):
-        self.passages: list[Passage] = make_passages(documents, count_tokens, passage_tokens)
-        self.retrievers: dict[str, Any] = {}
-        fused = [n for n in names if n in ENSEMBLES]
-        if fused:  # built once, shared with the ensembles
-            names = [*dict.fromkeys(["bm25", "dense", *names])]
-        for name in names:
-            if name == "bm25":
-                self.retrievers[name] = BM25Retriever(self.passages)
-            elif name == "dense":
-                self.retrievers[name] = DenseRetriever(self.passages, show_progress=show_progress)
-            elif name in ENSEMBLES:
-                self.retrievers[name] = EnsembleRetriever(
-                    self.passages, fusion=ENSEMBLES[name], bm25=self.retrievers["bm25"],
-                    dense=self.retrievers["dense"])
-            elif name == "random":
-                self.retrievers[name] = RandomRetriever(self.passages, seed=seed)
-            elif name == "oracle":
-                self.retrievers[name] = OracleRetriever(self.passages, evidence)
-        self.lengths = {(p.doc_id, p.start_char, p.end_char): p.n_tokens for p in self.passages}
+                 seed: int, show_progress: bool, granularity: Mapping[str, int] | None = None):
+        passages: dict[int, list[Passage]] = {}
+        built: dict[tuple[str, int], Any] = {}  # (kind, size): shared with the ensembles
+
+        def make(kind: str, size: int) -> Any:
+            if size not in passages:
+                passages[size] = make_passages(documents, count_tokens, size)
+            ps = passages[size]
+            if (kind, size) not in built:
+                built[kind, size] = (
+                    BM25Retriever(ps) if kind == "bm25"
+                    else DenseRetriever(ps, show_progress=show_progress) if kind == "dense"
+                    else EnsembleRetriever(ps, fusion=ENSEMBLES[kind], bm25=make("bm25", size),
+                                           dense=make("dense", size)) if kind in ENSEMBLES
+                    else RandomRetriever(ps, seed=seed) if kind == "random"
+                    else OracleRetriever(ps, evidence))
+            return built[kind, size]
+
+        sizes = {n: int((granularity or {}).get(n, passage_tokens)) for n in names}
+        self.retrievers: dict[str, Any] = {n: make(n, sizes[n]) for n in names}
+        self.n_passages = {n: len(passages[sizes[n]]) for n in names}  # per baseline
+        self.lengths = {(p.doc_id, p.start_char, p.end_char): p.n_tokens
+                        for ps in passages.values() for p in ps}
 
     def rank(self, name: str, ex: Example) -> _Ranking:
         t = time.perf_counter()
@@ -439,7 +456,9 @@ def _depth_key(ex: Example) -> str | None:
 
 
 def _score(ex: Example, spans: list[Span], lengths: Iterable[int]) -> dict[str, Any]:
-    return {"evidence_recall": evidence_recall(spans, ex.evidence),
+    recall = evidence_recall(spans, ex.evidence)
+    return {"evidence_recall": recall,
+            "joint_recall": None if recall is None else float(recall == 1.0),
             "answer_recall": answer_recall([s.text for s in spans], ex.answers),
             "mrr": mrr(spans, ex.evidence), "tokens_used": int(sum(lengths)),
             "n_spans": len(spans)}
@@ -575,8 +594,8 @@ def summarize_records(records: Sequence[Mapping[str, Any]],
         row: dict[str, Any] = {"dataset": dataset, "context_tokens": int(ctx),
                                "n_questions": (n_questions or {}).get((dataset, ctx), len(rs)),
                                "retriever": name, "budget_tokens": int(budget)}
-        for metric in ("evidence_recall", "answer_recall", "mrr"):
-            mean, err, n = _mean_or_none(r[metric] for r in rs)
+        for metric in ("evidence_recall", "joint_recall", "answer_recall", "mrr"):
+            mean, err, n = _mean_or_none(r.get(metric) for r in rs)
             row[metric] = mean
             row[f"{metric}_stderr"] = err
             row[f"n_{metric}"] = n
@@ -674,7 +693,8 @@ def run_eval(cfg: EvalConfig, *, index: S3Index | None = None,
     t = time.perf_counter()
     baselines = (_Baselines(documents, count, passage_names, _evidence(benches),
                             passage_tokens=cfg.passage_tokens, seed=cfg.seed,
-                            show_progress=cfg.show_progress) if passage_names else None)
+                            show_progress=cfg.show_progress, granularity=cfg.granularity)
+                 if passage_names else None)
     baselines_s = time.perf_counter() - t
 
     records: list[dict[str, Any]] = []
@@ -708,7 +728,7 @@ def run_eval(cfg: EvalConfig, *, index: S3Index | None = None,
         "heads": _heads_key(index),
         "corpus": {"documents": len(documents),
                    "tokens": scan_info.get("tokens"),
-                   "passages": len(baselines.passages) if baselines else None},
+                   "passages": baselines.n_passages if baselines else None},
         "runs": runs,
         "full_context": _full_rows(full),
         "timing": {"build_s": build_s, "scan_s": scan_info.get("scan_s"),
@@ -792,7 +812,7 @@ def run_sweep(cfg: EvalConfig, sweeps: Mapping[str, Sequence[Any]], *,
     if passage_names:
         baselines = _Baselines(documents, count, passage_names, _evidence(benches),
                                passage_tokens=cfg.passage_tokens, seed=cfg.seed,
-                               show_progress=cfg.show_progress)
+                               show_progress=cfg.show_progress, granularity=cfg.granularity)
         for dataset, ctx, bench in benches:
             recs, _ = _retrieve_benchmark(dataset, ctx, bench, passage_names, cfg.budgets,
                                           None, baselines, 0, per_budget=False,

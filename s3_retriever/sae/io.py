@@ -36,7 +36,8 @@ __all__ = ['HEADS_FILE', 'SAE_FOLDER_FILES', 'export_sparsify', 'import_sparsify
 
 # files an SAE folder may hold beside its hookpoint folders (see is_sae_folder)
 HEADS_FILE = "heads.json"
-SAE_FOLDER_FILES = (HEADS_FILE, "calibration.json", "README.md", "LICENSE")
+RERANK_HEADS_FILE = "rerank_heads.json"  # in-context rerank heads (retrieval.rerank)
+SAE_FOLDER_FILES = (HEADS_FILE, RERANK_HEADS_FILE, "calibration.json", "README.md", "LICENSE")
 
 def is_sae_folder(folder: Path) -> bool:
     """Whether ``folder`` looks like one :func:`save_saes` or :func:`export_sparsify` wrote

@@ -9,12 +9,14 @@ import pytest
 
 from s3_retriever import corpus
 from s3_retriever.evaluation.data import (
+    NEEDLE_VARIANTS,
     Benchmark,
     hotpotqa_benchmark,
     load_squad,
     needle_benchmark,
     squad_benchmark,
 )
+from s3_retriever.text.bm25 import tokenize
 
 
 def count_words(s: str) -> int:
@@ -223,6 +225,40 @@ def test_needle_depths(hotpot):
     assert bench.examples[2].doc_ids[-1] == bench.examples[2].evidence[0].doc_id
 
 
+def test_plain_needles_unchanged_by_the_variants(hotpot):
+    path, _ = hotpot
+    a = needle_benchmark(4, 300, count_words, path=path, seed=2)
+    b = needle_benchmark(4, 300, count_words, path=path, seed=2, variant="plain")
+    assert [(e.qid, e.doc_ids, e.question) for e in a.examples] == \
+        [(e.qid, e.doc_ids, e.question) for e in b.examples]
+    with pytest.raises(ValueError, match="unknown needle variant"):
+        needle_benchmark(1, 300, count_words, path=path, variant="hard")
+
+
+@pytest.mark.parametrize("variant", [v for v in NEEDLE_VARIANTS if v != "plain"])
+def test_needle_variants(hotpot, variant):
+    path, _ = hotpot
+    bench = needle_benchmark(9, 400, count_words, path=path, seed=3, variant=variant)
+    for ex in bench.examples:
+        assert ex.dataset == f"needle-{variant}" and ex.context_tokens <= 400
+        assert len(set(ex.doc_ids)) == len(ex.doc_ids)
+        gold = [bench.documents[ev.doc_id].text for ev in ex.evidence]
+        needles = [d for d in ex.doc_ids if d.startswith("needle:")]
+        assert all(ev.doc_id in ex.doc_ids for ev in ex.evidence)
+        for value in ex.answers:  # every value is in exactly one gold fact
+            assert sum(value in g for g in gold) == 1
+        q_words = set(tokenize(ex.question))
+        if variant == "near":  # three near-duplicates, other values, the same question shape
+            assert len(gold) == 1 and len(needles) == 4
+            others = [bench.documents[d].text for d in needles if d != ex.evidence[0].doc_id]
+            assert all(ex.answers[0] not in t for t in others)
+            assert all(len(q_words & set(tokenize(t))) >= 2 for t in others)
+        elif variant == "multi":
+            assert len(gold) == 3 == len(ex.answers) and len(needles) == 3
+        else:  # paraphrased: no content word shared with the fact
+            assert len(gold) == 1 and not q_words & set(tokenize(gold[0]))
+
+
 def test_real_hotpotqa_smoke():
     try:
         corpus.data_dir()
@@ -234,3 +270,14 @@ def test_real_hotpotqa_smoke():
         for ev in ex.evidence:
             span = bench.documents[ev.doc_id].text[ev.start_char:ev.end_char]
             assert span and span == span.strip()
+
+
+def test_every_paraphrase_shares_no_content_word():
+    from s3_retriever.evaluation.data import _PARA_ADJECTIVES, _PARA_PLACES, _PARA_TEMPLATES
+
+    for adj, alias_adj in _PARA_ADJECTIVES:
+        for place, alias_place in _PARA_PLACES:
+            for fact, question in _PARA_TEMPLATES:
+                f = set(tokenize(fact.format(name=f"{adj} {place}", value="harp ember 1234")))
+                q = set(tokenize(question.format(alias=f"{alias_adj} {alias_place}")))
+                assert not f & q, (adj, place, fact)

