@@ -40,7 +40,7 @@ from s3_retriever.retrieval.rerank import (
     AttentionReranker,
     pick_spans,
     pool_prompt,
-    shipped_rerank,
+    shipped_rerank_heads,
 )
 
 
@@ -76,7 +76,7 @@ def main() -> None:
     index, _ = index_corpus(index, corpus_documents(benches), cache=a.index_cache,
                             show_progress=False)
     heads = ([tuple(int(x) for x in h.split(":")) for h in a.heads.split(",")] if a.heads
-             else shipped_rerank(index.lm.model_id)[0])
+             else shipped_rerank_heads(index.lm.model_id))
     rr = AttentionReranker(index.lm, heads, calibrate=False)
     rows: dict[str, list[float | None]] = {}
     ms: dict[str, list[float]] = {}
@@ -100,12 +100,16 @@ def main() -> None:
                 # the first stage's score of each unit: its pool span's fused score
                 first = np.repeat([s.score for s in pool], [len(p) for p in pieces])
                 t = time.perf_counter()
-                asked, null = rr.attention_on_units(prompt, [ex.question, NULL_QUESTION])
+
+                def follow_up(res: list[np.ndarray], q: str = ex.question,
+                              texts: list[str] = prompt.texts) -> list[str]:
+                    return [f"{q} {texts[int(np.argmax((res[0] - res[1]).sum(0)))]}"]
+
+                asked, null, hop2 = rr.attention_on_units(
+                    prompt, [ex.question, NULL_QUESTION], then=follow_up)
                 ms.setdefault(f"{ctx} pool {pool_tokens} read", []).append(
                     (time.perf_counter() - t) * 1000)
                 raw, icr = asked.sum(0), (asked - null).sum(0)
-                bridge = prompt.texts[int(np.argmax(icr))]
-                (hop2,) = rr.attention_on_units(prompt, [f"{ex.question} {bridge}"])
                 hop2 = (hop2 - null).sum(0)
                 variants = {"rerank raw": raw, "rerank icr": icr,
                             "rerank icr +hybrid": _minmax(icr) + _minmax(first)}

@@ -261,19 +261,22 @@ class RerankCalibration:
 
 def rerank_head_recalls(index: Any, bench: Benchmark, layers: Sequence[int], *,
                         pool_tokens: int, budgets: Sequence[int] = (512, 1024),
+                        reader: LoadedModel | None = None,
                         show_progress: bool = True) -> RerankCalibration:
     """Read each question's hybrid pool (``pool_tokens``) with the question once and keep
     every head of ``layers``'s attention on the pool's sentences (see
-    :mod:`s3_retriever.retrieval.rerank`)."""
+    :mod:`s3_retriever.retrieval.rerank`). ``reader``: the model that reads the pool
+    (default: the index's own)."""
     from s3_retriever.retrieval.rerank import NULL_QUESTION, AttentionReranker, pool_prompt
 
-    heads = [(int(layer), h) for layer in layers for h in range(index.lm.spec.n_heads)]
-    reranker = AttentionReranker(index.lm, heads, calibrate=False)
+    reader = reader or index.lm
+    heads = [(int(layer), h) for layer in layers for h in range(reader.spec.n_heads)]
+    reranker = AttentionReranker(reader, heads, calibrate=False)
     items = []
     for ex in tqdm(bench.examples, desc="rerank heads", disable=not show_progress):
         pool = index.search(ex.question, k=None, budget_tokens=pool_tokens, mode="hybrid",
                             doc_ids=ex.doc_ids)
-        pool, pieces, prompt = pool_prompt(index.lm.tokenizer, pool,
+        pool, pieces, prompt = pool_prompt(reader.tokenizer, pool,
                                            {d: index.index.row_of(d) for d in ex.doc_ids})
         if prompt.n_units == 0:
             continue

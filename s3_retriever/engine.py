@@ -32,9 +32,9 @@ from s3_retriever.config import (
     DEFAULT_K,
     DEFAULT_MODEL,
     MAX_NEW_TOKENS,
-    RERANK_HOP_WEIGHT,
     S3Settings,
     chunk_tokens_for,
+    rerank_pool_for,
     span_tokens_for,
 )
 from s3_retriever.errors import (
@@ -53,7 +53,7 @@ from s3_retriever.model.loading import LoadedModel, load_model
 from s3_retriever.retrieval import filters as filter_rules
 from s3_retriever.retrieval.fusion import fuse
 from s3_retriever.retrieval.packing import best_spans
-from s3_retriever.retrieval.rerank import AttentionReranker, rerank_spans, shipped_rerank
+from s3_retriever.retrieval.rerank import rerank_spans, reranker_for
 from s3_retriever.retrieval.scan import Scanner, question_queries
 from s3_retriever.retrieval.scoring import Normaliser, resolve_heads, token_scores
 from s3_retriever.retrieval.spans import Span
@@ -309,9 +309,10 @@ class S3Index:
             if mode != "rerank":
                 return self._spans(query, rows, mode, k, budget_tokens, fusion, fusion_weight,
                                    rrf_k)
-            pool = self._spans(query, rows, "hybrid", None, self.settings.rerank_pool_tokens,
+            pool = self._spans(query, rows, "hybrid", None,
+                               rerank_pool_for(self.settings.rerank_pool_tokens, budget_tokens),
                                fusion, fusion_weight, rrf_k)
-            return rerank_spans(self._reranker(), query, pool, k=k,
+            return rerank_spans(reranker_for(self.lm, self.settings), query, pool, k=k,
                                 budget_tokens=budget_tokens,
                                 doc_order={self.index.docs[r].doc_id: r for r in rows},
                                 token_bounds=self._token_bounds)
@@ -333,18 +334,6 @@ class S3Index:
                                                           budget_tokens),
                               k=k, budget_tokens=budget_tokens,
                               cross_paragraphs=self.settings.cross_paragraphs)
-
-    def _reranker(self) -> AttentionReranker:
-        """The in-context reranker these settings describe (heads: the setting, else the
-        model's shipped ``rerank_heads.json``)."""
-        s = self.settings
-        if s.rerank_heads is not None:
-            heads, calibrate = s.rerank_heads, bool(s.rerank_calibrate)
-        else:
-            heads, shipped_calibrate = shipped_rerank(self.lm.model_id)
-            calibrate = shipped_calibrate if s.rerank_calibrate is None else s.rerank_calibrate
-        return AttentionReranker(self.lm, heads, calibrate=calibrate,
-                                 hops=self.settings.rerank_hops, hop_weight=RERANK_HOP_WEIGHT)
 
     def _token_bounds(self, doc_id: str, start_char: int, end_char: int) -> tuple[int, int]:
         """Document-local token range of a character range: the tokens that end after

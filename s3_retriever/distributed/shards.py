@@ -64,6 +64,7 @@ from s3_retriever.config import (
     DEFAULT_K,
     MAX_NEW_TOKENS,
     S3Settings,
+    rerank_pool_for,
     span_tokens_for,
 )
 from s3_retriever.distributed.manifest import (
@@ -92,6 +93,7 @@ from s3_retriever.retrieval.packing import (
     grow_document,
     unit_min_tokens,
 )
+from s3_retriever.retrieval.rerank import rerank_spans, reranker_for
 from s3_retriever.retrieval.scan import question_queries
 from s3_retriever.retrieval.scoring import (
     Normaliser,
@@ -473,6 +475,13 @@ class ShardedIndex:
         """(spans, their documents' global positions)."""
         mode, fusion, fusion_weight, rrf_k = self.settings.search_options(
             query, k, budget_tokens, mode, fusion, fusion_weight, rrf_k)
+        if mode == "rerank":  # the hybrid's pool, re-read by the driver's model
+            pool_tokens = rerank_pool_for(self.settings.rerank_pool_tokens, budget_tokens)
+            pool, positions = self._search(query, None, pool_tokens, "hybrid", filters,
+                                           doc_ids, fusion=fusion,
+                                           fusion_weight=fusion_weight, rrf_k=rrf_k)
+            return rerank_spans(reranker_for(self.lm, self.settings), query, pool, k=k,
+                                budget_tokens=budget_tokens, doc_order=positions), positions
         if len(self) == 0:
             raise EmptyIndexError("the index is empty: add documents before searching")
         filter_rules.check(filters)

@@ -25,8 +25,8 @@ from s3_retriever.retrieval.spans import (
 )
 from s3_retriever.text.sentences import paragraph_breaks
 
-__all__ = ["best_spans", "build_spans", "greedy_fill", "grow_and_pack", "grow_document",
-           "pack_spans", "select_for_packing", "unit_min_tokens"]
+__all__ = ["best_spans", "build_spans", "check_budget", "greedy_fill", "grow_and_pack",
+           "grow_document", "pack_spans", "select_for_packing", "unit_min_tokens"]
 
 
 def greedy_fill(lengths: Sequence[int] | np.ndarray, budget: int | None, *,
@@ -106,12 +106,21 @@ def pack_spans(
             f"packing a token budget needs token bounds; span(s) {missing[:3]} have none"
         )
     smallest = min(spans, key=lambda s: s.n_tokens)
-    if budget_tokens < smallest.n_tokens:
+    check_budget(budget_tokens, smallest.n_tokens, smallest.id)
+    return [ranked[i] for i in greedy_fill([s.n_tokens for s in ranked], budget_tokens, k=k)]
+
+def check_budget(budget_tokens: int, smallest_tokens: int, smallest: str) -> None:
+    """Raise when not even the smallest candidate (``smallest_tokens`` tokens, named
+    ``smallest``) fits the budget: an empty answer would hide the problem.
+
+    Raises:
+        InvalidInputError: naming the budget and the smallest candidate.
+    """
+    if budget_tokens < smallest_tokens:
         raise InvalidInputError(
             f"budget_tokens={budget_tokens} is smaller than the smallest candidate span "
-            f"({smallest.n_tokens} tokens, {smallest.id}); raise the budget or use smaller spans"
-        )
-    return [ranked[i] for i in greedy_fill([s.n_tokens for s in ranked], budget_tokens, k=k)]
+            f"({smallest_tokens} tokens, {smallest}); raise the budget or use smaller spans")
+
 
 def select_for_packing(
     scores: np.ndarray,

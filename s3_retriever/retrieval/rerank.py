@@ -24,16 +24,18 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import DynamicCache
 
 from s3_retriever import storage
+from s3_retriever.config import RERANK_HOP_WEIGHT
 from s3_retriever.errors import SAEError
 from s3_retriever.model.hooks import decoder_layers
 from s3_retriever.model.loading import LoadedModel
-from s3_retriever.retrieval.packing import greedy_fill
+from s3_retriever.retrieval.packing import check_budget, greedy_fill
 from s3_retriever.retrieval.scan import tokenize_document
 from s3_retriever.retrieval.spans import Span, order_for_prompt
 from s3_retriever.retrieval.units import token_sentence_map
@@ -42,7 +44,7 @@ from s3_retriever.text.sentences import split_sentences
 
 __all__ = ["AttentionReranker", "RerankPrompt", "build_prompt", "pick_spans", "pool_prompt",
            "rerank_spans",
-           "shipped_rerank"]
+           "reranker_for", "shipped_rerank_heads"]
 
 SEPARATOR = "\n\n"
 NULL_QUESTION = "N/A"
@@ -94,19 +96,18 @@ def build_prompt(tokenizer, segments: Sequence[str],
 
 
 @functools.lru_cache(maxsize=8)
-def _read_shipped(model_id: str) -> tuple[tuple[tuple[int, int], ...], bool] | None:
+def _read_shipped(model_id: str) -> tuple[tuple[int, int], ...] | None:
     folder = shipped_sae_dir(model_id)
     path = None if folder is None else folder / RERANK_HEADS_FILE
     if path is None or not path.is_file():
         return None
-    d = storage.read_json(path)
-    return tuple((int(a), int(b)) for a, b in d["heads"]), bool(d["calibrate"])
+    return tuple((int(a), int(b)) for a, b in storage.read_json(path)["heads"])
 
 
-def shipped_rerank(model_id: str) -> tuple[list[tuple[int, int]], bool]:
-    """The ``(layer, head)`` pairs calibrated for in-context reranking with ``model_id``,
-    and whether the content-free calibration helped them (``rerank_heads.json`` beside
-    the model's shipped SAEs, written by ``s3-retriever calibrate-rerank``).
+def shipped_rerank_heads(model_id: str) -> list[tuple[int, int]]:
+    """The ``(layer, head)`` pairs calibrated for in-context reranking with ``model_id``
+    (``rerank_heads.json`` beside the model's shipped SAEs, written by
+    ``s3-retriever calibrate-rerank``).
 
     Raises:
         SAEError: none are shipped for the model: give ``rerank_heads`` in the settings.
@@ -116,7 +117,15 @@ def shipped_rerank(model_id: str) -> tuple[list[tuple[int, int]], bool]:
         raise SAEError(f"no rerank heads are shipped for model {model_id!r}; find them with "
                        f"`s3-retriever calibrate-rerank` and pass rerank_heads=[[layer, head], "
                        "...] in the settings")
-    return list(found[0]), found[1]
+    return list(found)
+
+
+def reranker_for(lm: LoadedModel, settings: Any) -> AttentionReranker:
+    """The reranker an index's :class:`~s3_retriever.config.S3Settings` describe (heads:
+    ``rerank_heads``, else the model's shipped ones)."""
+    heads = settings.rerank_heads or shipped_rerank_heads(lm.model_id)
+    return AttentionReranker(lm, heads, calibrate=settings.rerank_calibrate,
+                             hops=settings.rerank_hops, hop_weight=RERANK_HOP_WEIGHT)
 
 
 class _Stop(Exception):
@@ -249,6 +258,10 @@ class AttentionReranker:
 
         def grab(layer: int):
             def hook(_mod, _inp, out):
+                if out[1] is None or out[1].shape[-1] != n_ctx + x.shape[1]:
+                    raise ValueError(f"layer {layer} does not attend over the whole pool "
+                                     "(a sliding-window layer?): choose heads of global "
+                                     "attention layers")
                 weights[layer] = out[1][0, :, :, :n_ctx].float()  # [heads, q, n_ctx]
             return hook
 
@@ -348,6 +361,9 @@ def pick_spans(pool: Sequence[Span], pieces: Sequence[Sequence[tuple[int, int]]]
             tokens[u] = end - first
     order = np.argsort(-scores, kind="stable")
     order = order[tokens[order] > 0]
+    if budget_tokens is not None and order.size:
+        u = int(order[np.argmin(tokens[order])])
+        check_budget(budget_tokens, int(tokens[u]), f"a sentence of {pool[owner[u]].id}")
     kept = order[greedy_fill(tokens[order], budget_tokens,
                              k=k if budget_tokens is None else None)]
     picked = sorted(kept.tolist())

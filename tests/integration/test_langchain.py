@@ -94,7 +94,7 @@ class TestS3RetrieverStandard(RetrieversIntegrationTests):
 
 
 # ---------------------------------------------------------------- the Document contract
-@pytest.mark.parametrize("mode", ["hybrid", "s3", "bm25"])
+@pytest.mark.parametrize("mode", ["hybrid", "s3", "bm25", "rerank"])
 def test_documents_are_exact_spans_with_metadata_and_ordered_scores(retriever, corpus_index,
                                                                     mode):
     docs = retriever.invoke(QUESTION, mode=mode)
@@ -106,8 +106,9 @@ def test_documents_are_exact_spans_with_metadata_and_ordered_scores(retriever, c
         assert d.id == f"{m['doc_id']}:{m['start_index']}-{m['end_index']}"
         assert {k: m[k] for k in source_meta} == source_meta
         assert isinstance(m["score"], float)
-        assert (m["s3_score"] is None) == (mode == "bm25")
-        assert (m["bm25_score"] is None) == (mode == "s3")
+        # a reranked span's score is its attention score alone
+        assert (m["s3_score"] is None) == (mode in ("bm25", "rerank"))
+        assert (m["bm25_score"] is None) == (mode in ("s3", "rerank"))
     scores = [d.metadata["score"] for d in docs]
     assert scores == sorted(scores, reverse=True)
     spans = corpus_index.search(QUESTION, k=3, mode=mode)

@@ -162,6 +162,13 @@ def test_budget_and_modes(s3index):
                      include_scores=True).retrieve(QUESTION)
     assert s3[0].node.metadata["bm25_score"] is None
     assert s3[0].node.metadata["s3_score"] is not None
+    reranked = S3Retriever(s3index, similarity_top_k=None, budget_tokens=60, mode="rerank",
+                           include_scores=True).retrieve(QUESTION)
+    check_nodes(reranked, s3index, scores_in_metadata=True)
+    assert reranked[0].node.metadata["s3_score"] is None  # the attention score alone
+    with pytest.raises(ValueError, match="smaller than the smallest"):
+        S3Retriever(s3index, similarity_top_k=None, budget_tokens=1,
+                    mode="rerank").retrieve(QUESTION)
     with pytest.raises(ValueError, match="mode"):
         S3Retriever(s3index, mode="dense")
 

@@ -56,11 +56,11 @@ def test_shipped_saes_encode_real_keys(lm):
     ("Which river has the largest discharge of water?", "amazon", "discharge"),
     ("Where did Bach spend his final years?", "bach", "Leipzig"),
 ])
-@pytest.mark.parametrize("mode", ["s3", "hybrid"])
+@pytest.mark.parametrize("mode", ["s3", "hybrid", "rerank"])
 def test_finds_the_evidence(index, question, doc, needle, mode):
     spans = index.search(question, k=2, mode=mode)
-    assert spans[0].doc_id == doc or spans[1].doc_id == doc
-    if mode == "hybrid":
+    assert doc in [s.doc_id for s in spans[:2]]
+    if mode != "s3":
         assert any(needle in s.text for s in spans)
     for s in spans:
         assert s.text == DOCS[s.doc_id][s.start_char:s.end_char]

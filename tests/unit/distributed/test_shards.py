@@ -340,3 +340,26 @@ def test_real_model_sharded_equals_single(lm, saes):
     for i, question in enumerate(QUESTIONS):
         compare(index, sharded, question, k=3, mode=("hybrid", "s3")[i % 2])
         compare(index, sharded, question, k=None, budget_tokens=128)
+
+
+def test_rerank_over_shards(tok):
+    """The sharded index re-reads the same hybrid pool with the driver's model: with ``k``
+    the same sentences as one index; with a budget, spans of the pool within it."""
+    settings = S3Settings(chunk_tokens=16, context_tokens=4, rerank_heads=[[1, 0], [2, 3]],
+                          rerank_pool_tokens=80)
+    one = S3Index(tiny_lm(tok), tiny_saes(), settings)
+    one.add_texts(TEXTS + MORE, metadatas=METAS, ids=IDS, show_progress=False)
+    many = sharded_of(one, 3)
+    q = "Where was Marie Curie born?"
+    want = one.search(q, k=3, mode="rerank")
+    got = many.search(q, k=3, mode="rerank")
+    assert [(s.doc_id, s.start_char, s.end_char, s.text) for s in got] == \
+        [(s.doc_id, s.start_char, s.end_char, s.text) for s in want]
+    pool = many.search(q, k=None, budget_tokens=80, mode="hybrid")
+    spans = many.search(q, k=None, budget_tokens=40, mode="rerank")
+    assert spans
+    for s in spans:
+        assert any(p.doc_id == s.doc_id and p.start_char <= s.start_char
+                   and s.end_char <= p.end_char for p in pool)
+    assert sum(len(tok(s.text, add_special_tokens=False)["input_ids"]) for s in spans) \
+        <= 40 + len(spans)

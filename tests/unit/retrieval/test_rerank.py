@@ -170,3 +170,39 @@ def test_rerank_settings_are_checked(tok, small):
     with pytest.raises(SAEError, match="no rerank heads are shipped for model 'tiny-0'"):
         idx.search(QUESTION, k=1, mode="rerank")
     assert idx.search(QUESTION, k=1, mode="hybrid")  # the index is unharmed
+
+
+def test_second_hop_asks_with_the_bridge_sentence(small):
+    _, _, prompt = pool_prompt(small.tokenizer, _pool())
+    one = AttentionReranker(small, HEADS, calibrate=True)
+    first = one.head_scores(QUESTION, prompt).sum(0)
+    bridge = prompt.texts[int(np.argmax(first))]
+    asked2, null = AttentionReranker(small, HEADS, calibrate=False).attention_on_units(
+        prompt, [f"{QUESTION} {bridge}", NULL_QUESTION])
+    second = (asked2 - null).sum(0)
+
+    def mm(x):
+        return (x - x.min()) / (x.max() - x.min())
+
+    two = AttentionReranker(small, HEADS, calibrate=True, hops=2, hop_weight=0.5)
+    np.testing.assert_allclose(two.scores(QUESTION, prompt), mm(first) + 0.5 * mm(second),
+                               atol=1e-5)
+    calls = []
+    h = decoder_layers(small.model)[0].register_forward_hook(lambda *_a: calls.append(1))
+    try:  # a new question: not a cached result
+        two.scores("Who composed the Brandenburg Concertos?", prompt)
+    finally:
+        h.remove()
+    assert len(calls) == 4  # the pool once, then the question, "N/A" and the follow-up
+    with pytest.raises(ValueError, match="hops"):
+        AttentionReranker(small, HEADS, hops=3)
+
+
+def test_auto_pool_is_twice_the_budget():
+    from s3_retriever.config import RERANK_POOL_MAX, rerank_pool_for
+
+    assert rerank_pool_for("auto", 300) == 600
+    assert rerank_pool_for("auto", 10**6) == RERANK_POOL_MAX
+    assert rerank_pool_for(77, 300) == 77
+    with pytest.raises(InvalidInputError, match="rerank_hops"):
+        S3Settings(rerank_hops=3).validate()
