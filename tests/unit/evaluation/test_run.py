@@ -488,3 +488,26 @@ def test_cli_end_to_end(data_dir, factory, tmp_path, monkeypatch):
     res = json.loads(sweep_out.read_text())
     assert res["split"] == "dev" and res["questions"] == [2, 3]
     assert sweep_out.with_suffix(".md").read_text().startswith("# Sweep: fusion_weight")
+
+
+def test_versus_the_strongest_baseline(results):
+    from s3_retriever.evaluation.run import USER_BASELINES
+
+    rows = {(r["dataset"], r["context_tokens"], r["retriever"], r["budget_tokens"]): r
+            for r in results["runs"]}
+    versus = results["versus_baseline"]
+    assert versus and {v["retriever"] for v in versus} == {"s3", "hybrid"}
+    for v in versus:
+        key = (v["dataset"], v["context_tokens"])
+        candidates = [rows[(*key, b, v["budget_tokens"])] for b in USER_BASELINES
+                      if (*key, b, v["budget_tokens"]) in rows]
+        strongest = max(c["evidence_recall"] for c in candidates)
+        base = rows[(*key, v["baseline"], v["budget_tokens"])]
+        assert base["evidence_recall"] == strongest
+        ours = rows[(*key, v["retriever"], v["budget_tokens"])]
+        d = v["evidence_recall"]
+        assert d["n"] == ours["n_evidence_recall"] == base["n_evidence_recall"]
+        assert d["mean"] == pytest.approx(ours["evidence_recall"] - strongest)
+    md = report.markdown_table(results)
+    assert "## S3 modes against the strongest baseline of each cell" in md
+    assert "## Joint recall" in md
