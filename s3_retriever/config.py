@@ -120,6 +120,9 @@ class S3Settings:
         rerank_hops: 2 asks the same reading a second question, the question followed by
             the first hop's best sentence, so a bridge question's second fact is sought
             with the bridge entity in the queries (weight ``RERANK_HOP_WEIGHT``).
+        answer_mode: the mode ``answer()`` retrieves with when none is given: it reads
+            about a pool's worth of text to generate anyway, so the slower, better
+            ``"rerank"`` by default (for a model without rerank heads: ``mode``).
     """
 
     chunk_tokens: int | None = None
@@ -139,6 +142,7 @@ class S3Settings:
     rerank_heads: list[list[int]] | None = None
     rerank_calibrate: bool = True
     rerank_hops: int = 2
+    answer_mode: str = "rerank"
 
     def validate(self) -> S3Settings:
         """Check every field's type and range (settings read from disk included).
@@ -148,6 +152,7 @@ class S3Settings:
         """
         validate.choice(self.scorer, SCORERS, "scorer")
         validate.choice(self.mode, MODES, "mode")
+        validate.choice(self.answer_mode, MODES, "answer_mode")
         validate.choice(self.fusion, FUSIONS, "fusion")
         validate.fraction(self.fusion_weight, "fusion_weight")
         validate.optional_positive_int(self.chunk_tokens, "chunk_tokens")

@@ -53,7 +53,7 @@ from s3_retriever.model.loading import LoadedModel, load_model
 from s3_retriever.retrieval import filters as filter_rules
 from s3_retriever.retrieval.fusion import fuse
 from s3_retriever.retrieval.packing import best_spans
-from s3_retriever.retrieval.rerank import rerank_spans, reranker_for
+from s3_retriever.retrieval.rerank import answer_mode_for, rerank_spans, reranker_for
 from s3_retriever.retrieval.scan import Scanner, question_queries
 from s3_retriever.retrieval.scoring import Normaliser, resolve_heads, token_scores
 from s3_retriever.retrieval.spans import Span
@@ -373,9 +373,11 @@ class S3Index:
         """Retrieve spans within ``budget_tokens`` and answer from them (KV-free generation).
 
         The model sees only the spans (in document order) and the question, never the
-        indexed documents' KV cache; memory does not grow with the index.
+        indexed documents' KV cache; memory does not grow with the index. ``mode``
+        defaults to the ``answer_mode`` setting (``"rerank"``).
         """
         validate.positive_int(max_new_tokens, "max_new_tokens")
+        mode = mode or answer_mode_for(self.lm, self.settings)
         spans = self.search(question, k=k, budget_tokens=budget_tokens, mode=mode,
                             filters=filters, doc_ids=doc_ids)
         order = {rec.doc_id: row for row, rec in enumerate(self.index.docs)}

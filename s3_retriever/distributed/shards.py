@@ -93,7 +93,7 @@ from s3_retriever.retrieval.packing import (
     grow_document,
     unit_min_tokens,
 )
-from s3_retriever.retrieval.rerank import rerank_spans, reranker_for
+from s3_retriever.retrieval.rerank import answer_mode_for, rerank_spans, reranker_for
 from s3_retriever.retrieval.scan import question_queries
 from s3_retriever.retrieval.scoring import (
     Normaliser,
@@ -593,6 +593,7 @@ class ShardedIndex:
         :meth:`S3Index.answer <s3_retriever.S3Index.answer>` (KV-free generation on the
         driver's model; spans laid out in global document order)."""
         validate.positive_int(max_new_tokens, "max_new_tokens")
+        mode = mode or answer_mode_for(self.lm, self.settings)
         spans, positions = self._search(question, k, budget_tokens, mode, filters, doc_ids,
                                         fusion=None, fusion_weight=None, rrf_k=None)
         return answer_from_spans(self.lm, question, spans, max_new_tokens=max_new_tokens,

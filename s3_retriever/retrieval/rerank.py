@@ -42,7 +42,7 @@ from s3_retriever.retrieval.units import token_sentence_map
 from s3_retriever.sae.io import RERANK_HEADS_FILE, shipped_sae_dir
 from s3_retriever.text.sentences import split_sentences
 
-__all__ = ["AttentionReranker", "RerankPrompt", "build_prompt", "pick_spans", "pool_prompt",
+__all__ = ["AttentionReranker", "RerankPrompt", "answer_mode_for", "build_prompt", "pick_spans", "pool_prompt",
            "rerank_spans",
            "reranker_for", "shipped_rerank_heads"]
 
@@ -118,6 +118,16 @@ def shipped_rerank_heads(model_id: str) -> list[tuple[int, int]]:
                        f"`s3-retriever calibrate-rerank` and pass rerank_heads=[[layer, head], "
                        "...] in the settings")
     return list(found)
+
+
+def answer_mode_for(lm: LoadedModel, settings: Any) -> str:
+    """The mode ``answer()`` retrieves with when none is given: ``settings.answer_mode``,
+    except ``"rerank"`` for a model without rerank heads (none in the settings, none
+    shipped), which answers with ``settings.mode``."""
+    if settings.answer_mode == "rerank" and settings.rerank_heads is None \
+            and _read_shipped(lm.model_id) is None:
+        return settings.mode
+    return settings.answer_mode
 
 
 def reranker_for(lm: LoadedModel, settings: Any) -> AttentionReranker:

@@ -206,3 +206,17 @@ def test_auto_pool_is_twice_the_budget():
     assert rerank_pool_for(77, 300) == 77
     with pytest.raises(InvalidInputError, match="rerank_hops"):
         S3Settings(rerank_hops=3).validate()
+
+
+def test_answer_reranks_by_default_where_the_model_has_rerank_heads(index, small):
+    from s3_retriever.retrieval.rerank import answer_mode_for
+
+    assert answer_mode_for(small, index.settings) == "rerank"  # rerank_heads are set
+    ans = index.answer(QUESTION, budget_tokens=30, max_new_tokens=2)
+    want = index.search(QUESTION, k=None, budget_tokens=30, mode="rerank")
+    assert sorted(s.id for s in ans.spans) == sorted(s.id for s in want)
+    bare = S3Settings()  # no rerank heads given, none shipped for the tiny model
+    assert answer_mode_for(small, bare) == bare.mode == "hybrid"
+    assert answer_mode_for(small, S3Settings(answer_mode="bm25")) == "bm25"
+    with pytest.raises(InvalidInputError, match="answer_mode"):
+        S3Settings(answer_mode="fast").validate()
