@@ -55,8 +55,8 @@ docs: setup-dev
 
 # The recorded runs of docs/benchmarks.md (sections 5 and 10), on 2 cores: HotpotQA at 8k
 # and 32k, 200 questions (~40 min); HotpotQA at 128k, 100 questions (~20 min); the three
-# needle variants at 32k, 50 each (~10 min); answers to 100 HotpotQA questions at 8k from
-# 1,024 tokens of evidence and from the whole haystack (~25 min). Each passage
+# needle variants at 32k, 50 each (~10 min); answers to 50 HotpotQA questions at 8k from
+# 1,024 tokens of evidence and from the whole haystack (~15 min). Each passage
 # baseline runs at the granularity best for it on the dev split (GRANULARITY). The rerank
 # re-reads a pool twice the budget, so the recorded budgets stop at 1,024 tokens.
 # Override any of the *_ARGS (set one to "" to skip that run).
@@ -70,8 +70,8 @@ EVAL_128K_ARGS ?= --datasets hotpotqa --contexts 128000 --n-questions 100 \
 EVAL_NEEDLE_ARGS ?= --datasets needle-near needle-multi needle-para --contexts 32000 \
 	--n-questions 50 --budgets 128 256 512 --search-per-budget --generate 0 $(GRANULARITY) \
 	--out benchmarks/results/quality_needles.json --docs docs/needles
-EVAL_GENERATE_ARGS ?= --datasets hotpotqa --contexts 8000 --n-questions 100 --budgets 1024 \
-	--retrievers rerank bm25+dense-linear --generate 100 $(GRANULARITY) \
+EVAL_GENERATE_ARGS ?= --datasets hotpotqa --contexts 8000 --n-questions 50 --budgets 1024 \
+	--retrievers rerank bm25+dense-linear --generate 50 $(GRANULARITY) \
 	--out benchmarks/results/quality_generate.json --docs docs/generate
 EVAL := $(VENV)/bin/s3-retriever eval --threads 2 --overwrite
 eval: setup-dev

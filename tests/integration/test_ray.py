@@ -136,8 +136,14 @@ def test_ray_served_shards_equal_single_process_and_survive_a_kill(sharded, expe
         assert len(served) == len(DOCS) and served.stats()["shards"] == 3
         for q in QUESTIONS[::4]:
             assert_same_spans(expected[q], served.search(q, k=5), q)
-        answer = served.answer(QUESTIONS[0], budget_tokens=200, max_new_tokens=4)
+        # the serving path, not the rerank's quality: the hybrid's spans, in document order
+        answer = served.answer(QUESTIONS[0], budget_tokens=200, max_new_tokens=4,
+                               mode="hybrid")
         assert answer.spans and answer.spans[0].doc_id == DOCS[0]["id"]
+        reranked = served.search(QUESTIONS[0], k=None, budget_tokens=200, mode="rerank")
+        assert [s.id for s in reranked] == [
+            s.id for s in sharded.search(QUESTIONS[0], k=None, budget_tokens=200,
+                                         mode="rerank")]
 
         q = QUESTIONS[5]
         handle = served._handles[1]
