@@ -141,9 +141,10 @@ def test_ray_served_shards_equal_single_process_and_survive_a_kill(sharded, expe
                                mode="hybrid")
         assert answer.spans and answer.spans[0].doc_id == DOCS[0]["id"]
         reranked = served.search(QUESTIONS[0], k=None, budget_tokens=200, mode="rerank")
+        local = ShardedIndex.load(sharded, model=lm)
         assert [s.id for s in reranked] == [
-            s.id for s in sharded.search(QUESTIONS[0], k=None, budget_tokens=200,
-                                         mode="rerank")]
+            s.id for s in local.search(QUESTIONS[0], k=None, budget_tokens=200,
+                                       mode="rerank")]
 
         q = QUESTIONS[5]
         handle = served._handles[1]
