@@ -53,7 +53,8 @@ test-model: setup-dev
 docs: setup-dev
 	$(MKDOCS_BUILD)
 
-# The recorded runs of docs/benchmarks.md (sections 5 and 10), on 2 cores: HotpotQA at 8k
+# The runs of docs/benchmarks.md section 10 (the 128k and answer runs are not recorded yet:
+# section 10.6), on 2 cores: HotpotQA at 8k
 # and 32k, 200 questions (~40 min); HotpotQA at 128k, 100 questions (~20 min); the three
 # needle variants at 32k, 50 each (~10 min); answers to 50 HotpotQA questions at 8k from
 # 1,024 tokens of evidence and from the whole haystack (~15 min). Each passage
