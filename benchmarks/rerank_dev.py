@@ -35,6 +35,7 @@ from s3_retriever.evaluation.run import (
     corpus_documents,
     index_corpus,
 )
+from s3_retriever.retrieval.fusion import normalize
 from s3_retriever.retrieval.rerank import (
     NULL_QUESTION,
     AttentionReranker,
@@ -42,11 +43,6 @@ from s3_retriever.retrieval.rerank import (
     pool_prompt,
     shipped_rerank_heads,
 )
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-    span = float(x.max() - x.min()) if x.size else 0.0
-    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
 
 
 def main() -> None:
@@ -112,9 +108,9 @@ def main() -> None:
                 raw, icr = asked.sum(0), (asked - null).sum(0)
                 hop2 = (hop2 - null).sum(0)
                 variants = {"rerank raw": raw, "rerank icr": icr,
-                            "rerank icr +hybrid": _minmax(icr) + _minmax(first)}
+                            "rerank icr +hybrid": normalize(icr) + normalize(first)}
                 for w in a.hop_weights:
-                    variants[f"rerank icr +hop {w}"] = _minmax(icr) + w * _minmax(hop2)
+                    variants[f"rerank icr +hop {w}"] = normalize(icr) + w * normalize(hop2)
                 for name, s in variants.items():
                     for b in a.budgets:
                         spans = pick_spans(pool, pieces, prompt, s, k=None, budget_tokens=b)

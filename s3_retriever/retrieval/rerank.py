@@ -35,6 +35,7 @@ from s3_retriever.config import RERANK_HOP_WEIGHT
 from s3_retriever.errors import SAEError
 from s3_retriever.model.hooks import decoder_layers
 from s3_retriever.model.loading import LoadedModel
+from s3_retriever.retrieval.fusion import normalize
 from s3_retriever.retrieval.packing import check_budget, greedy_fill
 from s3_retriever.retrieval.scan import tokenize_document
 from s3_retriever.retrieval.spans import Span, order_for_prompt
@@ -202,7 +203,7 @@ class AttentionReranker:
 
         res = self.attention_on_units(prompt, asked, then=follow_up)
         second = (res[-1] - res[1] if self.calibrate else res[-1]).sum(axis=0)
-        return _minmax(first(res)) + self.hop_weight * _minmax(second)
+        return normalize(first(res)) + self.hop_weight * normalize(second)
 
     def head_scores(self, question: str, prompt: RerankPrompt) -> np.ndarray:
         """``[n_heads, n_units]``: per head, the mean over the question's tokens of the
@@ -294,11 +295,6 @@ class AttentionReranker:
         sel = torch.as_tensor(np.flatnonzero(in_q), device=x.device)
         rows = [weights[layer][h].index_select(0, sel).mean(dim=0) for layer, h in self.heads]
         return torch.stack(rows).cpu().numpy().astype(np.float64)
-
-
-def _minmax(x: np.ndarray) -> np.ndarray:
-    span = float(x.max() - x.min()) if x.size else 0.0
-    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
 
 
 class _StopAfter:
